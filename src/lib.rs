@@ -1,0 +1,7 @@
+//! sluice: a SIP edge proxy with built-in capacity limiting.
+//!
+//! The data path reads top to bottom: [`transport`] moves bytes, [`sip`] scans them,
+//! [`proxy`] classifies, routes and forwards (a sans-IO core), [`config`] says where calls go.
+#![forbid(unsafe_code)]
+
+pub mod sip;
