@@ -4,4 +4,6 @@
 //! [`proxy`] classifies, routes and forwards (a sans-IO core), [`config`] says where calls go.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod peer;
 pub mod sip;

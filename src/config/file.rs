@@ -1,0 +1,240 @@
+//! The TOML file as written by operators (`../shared/contract.toml`), before validation.
+//! Every struct denies unknown keys: a typo is an error, never a silently ignored setting.
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    pub(crate) server: Server,
+    #[serde(default)]
+    pub(crate) log: Log,
+    #[serde(default)]
+    pub(crate) carrier: Vec<Carrier>,
+    #[serde(default)]
+    pub(crate) route: Vec<Route>,
+    #[serde(default)]
+    pub(crate) limits: Limits,
+    #[serde(default)]
+    pub(crate) customer: Vec<Customer>,
+    #[serde(default)]
+    pub(crate) did: Vec<Did>,
+    #[serde(default)]
+    pub(crate) overflow: Overflow,
+    pub(crate) usage: Option<Usage>,
+    pub(crate) cluster: Option<Cluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Server {
+    pub(crate) listen: Vec<String>,
+    pub(crate) advertise: Option<String>,
+    pub(crate) admin: Option<String>,
+    #[serde(default = "yes")]
+    pub(crate) allow_unknown: bool,
+    #[serde(default = "default_gateway_timeout_ms")]
+    pub(crate) gateway_timeout_ms: u64,
+    #[serde(default = "default_drain_seconds")]
+    pub(crate) drain_seconds: u64,
+    /// Added to the contract: the largest datagram or stream message accepted.
+    #[serde(default = "default_max_message_bytes")]
+    pub(crate) max_message_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Log {
+    #[serde(default)]
+    pub(crate) format: LogFormat,
+    #[serde(default = "default_level")]
+    pub(crate) level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { format: LogFormat::default(), level: default_level() }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Carrier {
+    pub(crate) name: String,
+    pub(crate) gateways: Vec<String>,
+    pub(crate) cps: Option<u32>,
+    pub(crate) channels: Option<u32>,
+    pub(crate) gateway_cps: Option<u32>,
+    pub(crate) gateway_channels: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Route {
+    pub(crate) prefix: String,
+    pub(crate) carriers: Vec<String>,
+    pub(crate) cps: Option<u32>,
+    pub(crate) channels: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pair {
+    pub cps: Option<u32>,
+    pub channels: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Limits {
+    pub(crate) cps: Option<u32>,
+    pub(crate) channels: Option<u32>,
+    pub(crate) per_ip: Option<Pair>,
+    pub(crate) per_user: Option<Pair>,
+    #[serde(default = "default_max_call_seconds")]
+    pub(crate) max_call_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { cps: None, channels: None, per_ip: None, per_user: None, max_call_seconds: default_max_call_seconds() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Customer {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) ips: Vec<IpNet>,
+    #[serde(default)]
+    pub(crate) users: Vec<String>,
+    pub(crate) cps: Option<u32>,
+    pub(crate) channels: Option<u32>,
+    pub(crate) per_ip: Option<Pair>,
+    pub(crate) per_user: Option<Pair>,
+    #[serde(default)]
+    pub(crate) priority: i32,
+    #[serde(default)]
+    pub(crate) route: Vec<Route>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Did {
+    pub(crate) number: String,
+    pub(crate) cps: Option<u32>,
+    pub(crate) channels: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Overflow {
+    #[serde(default = "default_status")]
+    pub(crate) status: u16,
+    #[serde(default = "default_cps_reason")]
+    pub(crate) cps_reason: String,
+    #[serde(default = "default_channels_reason")]
+    pub(crate) channels_reason: String,
+    #[serde(default = "default_retry_after")]
+    pub(crate) retry_after: u32,
+    #[serde(default)]
+    pub(crate) redirect: Vec<String>,
+    #[serde(default)]
+    pub(crate) queue_ms: u64,
+    #[serde(default = "default_queue_depth")]
+    pub(crate) queue_depth: usize,
+}
+
+impl Default for Overflow {
+    fn default() -> Self {
+        Self {
+            status: default_status(),
+            cps_reason: default_cps_reason(),
+            channels_reason: default_channels_reason(),
+            retry_after: default_retry_after(),
+            redirect: Vec::new(),
+            queue_ms: 0,
+            queue_depth: default_queue_depth(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Usage {
+    pub(crate) state_file: Option<PathBuf>,
+    #[serde(default = "default_window_days")]
+    pub(crate) window_days: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cluster {
+    pub(crate) redis: String,
+    pub(crate) node: Option<String>,
+    #[serde(default)]
+    pub(crate) on_failure: OnFailure,
+    #[serde(default = "default_nodes")]
+    pub(crate) nodes: u32,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    #[default]
+    Local,
+    Reject,
+    Allow,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_gateway_timeout_ms() -> u64 {
+    32_000
+}
+fn default_drain_seconds() -> u64 {
+    30
+}
+fn default_max_message_bytes() -> usize {
+    65_536
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_max_call_seconds() -> u64 {
+    43_200
+}
+fn default_status() -> u16 {
+    503
+}
+fn default_cps_reason() -> String {
+    "CPS Limit reached".into()
+}
+fn default_channels_reason() -> String {
+    "Channel Limit reached".into()
+}
+fn default_retry_after() -> u32 {
+    1
+}
+fn default_queue_depth() -> usize {
+    1000
+}
+fn default_window_days() -> u32 {
+    30
+}
+fn default_nodes() -> u32 {
+    1
+}

@@ -1,0 +1,599 @@
+//! Configuration: the operator's TOML file (`file`), validated into the [`Config`] the proxy
+//! runs on. Validation collects every error, each naming file, line and key, so `sluice check`
+//! reports a broken file in one pass.
+
+mod file;
+pub mod locate;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::{LogFormat, OnFailure, Pair};
+use ipnet::IpNet;
+use locate::Seg;
+
+use crate::peer::{Transport, parse_endpoint};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}: {}", self.file, line, self.key, self.message),
+            None => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in a config file; nothing of it is applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+/// The host (and optional port) the proxy writes into its Via and Record-Route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertise {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// As written in the config, for logs and /status.
+    pub uri: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carrier {
+    pub name: String,
+    pub gateways: Vec<Gateway>,
+    pub limits: Pair,
+    pub gateway_limits: Pair,
+}
+
+/// Index into [`Config::carriers`].
+pub type CarrierId = usize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    pub carriers: Vec<CarrierId>,
+    pub limits: Pair,
+}
+
+/// Routes by longest Request-URI user prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+    by_prefix: HashMap<String, usize>,
+    /// Distinct prefix lengths, longest first: a lookup probes only these.
+    lengths: Vec<usize>,
+}
+
+impl RouteTable {
+    fn new(routes: Vec<Route>) -> Self {
+        let by_prefix: HashMap<String, usize> = routes.iter().enumerate().map(|(i, r)| (r.prefix.clone(), i)).collect();
+        let mut lengths: Vec<usize> = by_prefix.keys().map(String::len).collect::<HashSet<_>>().into_iter().collect();
+        lengths.sort_unstable_by(|a, b| b.cmp(a));
+        Self { routes, by_prefix, lengths }
+    }
+
+    /// The route with the longest prefix of `number` (a dialed number with '+' removed).
+    pub fn lookup(&self, number: &[u8]) -> Option<(usize, &Route)> {
+        let number = std::str::from_utf8(number).ok()?;
+        for &len in &self.lengths {
+            if let Some(prefix) = number.get(..len) {
+                if let Some(&i) = self.by_prefix.get(prefix) {
+                    return Some((i, &self.routes[i]));
+                }
+            }
+        }
+        None
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub name: String,
+    pub ips: Vec<IpNet>,
+    pub users: Vec<String>,
+    pub limits: Pair,
+    pub per_ip: Pair,
+    pub per_user: Pair,
+    pub priority: i32,
+    /// The customer's own ingress routes; `None` means the global table applies.
+    pub routes: Option<RouteTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Did {
+    pub number: String,
+    pub limits: Pair,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub limits: Pair,
+    pub per_ip: Pair,
+    pub per_user: Pair,
+    pub max_call: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overflow {
+    pub status: u16,
+    pub cps_reason: String,
+    pub channels_reason: String,
+    pub retry_after: u32,
+    pub redirect: Vec<String>,
+    pub queue: Duration,
+    pub queue_depth: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub state_file: Option<PathBuf>,
+    pub window_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub redis: String,
+    pub node: String,
+    pub on_failure: OnFailure,
+    pub nodes: u32,
+}
+
+/// A validated configuration. Built only by [`Config::parse`]/[`Config::load`], so every
+/// reference (carrier names in routes, listeners for gateway transports) is known to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub path: Option<PathBuf>,
+    pub listen: Vec<Listener>,
+    pub advertise: Advertise,
+    pub admin: Option<SocketAddr>,
+    pub allow_unknown: bool,
+    pub gateway_timeout: Duration,
+    pub drain: Duration,
+    pub max_message_bytes: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub carriers: Vec<Carrier>,
+    pub routes: RouteTable,
+    pub limits: ServerLimits,
+    pub customers: Vec<Customer>,
+    pub dids: Vec<Did>,
+    pub overflow: Overflow,
+    pub usage: Usage,
+    pub cluster: Option<Cluster>,
+}
+
+/// Collects errors with their key paths while validating.
+struct Errors<'s> {
+    file: String,
+    source: &'s str,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.clone(),
+            line: locate::line_of(self.source, path),
+            key: locate::render(path),
+            message: message.into(),
+        });
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.display().to_string(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        let mut config = Self::parse(&path.display().to_string(), &source)?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Validates config text; `file` names it in errors.
+    pub fn parse(file: &str, source: &str) -> Result<Self, ConfigErrors> {
+        let raw: file::File = toml::from_str(source).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => {
+                    let text = source.get(span.clone()).unwrap_or("").trim();
+                    let key = if text.len() <= 40 && !text.contains('\n') { text.to_string() } else { String::new() };
+                    (Some(locate::line_at(source, span.start)), key)
+                }
+                None => (None, String::new()),
+            };
+            ConfigErrors(vec![ConfigError { file: file.to_string(), line, key, message: e.message().to_string() }])
+        })?;
+        let mut errors = Errors { file: file.to_string(), source, list: Vec::new() };
+        let config = validate(raw, &mut errors);
+        if errors.list.is_empty() { Ok(config) } else { Err(ConfigErrors(errors.list)) }
+    }
+
+    /// The Via sent-by / Record-Route host:port for a transport.
+    pub fn sent_by(&self, transport: Transport) -> String {
+        let port = self.advertise.port.or_else(|| self.listen.iter().find(|l| l.transport == transport).map(|l| l.addr.port()));
+        match port {
+            Some(p) => format!("{}:{}", self.advertise.host, p),
+            None => self.advertise.host.clone(),
+        }
+    }
+
+    pub fn carrier_by_name(&self, name: &str) -> Option<CarrierId> {
+        self.carriers.iter().position(|c| c.name == name)
+    }
+}
+
+use Seg::{Index, Key};
+
+fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
+    let mut listen = Vec::new();
+    if raw.server.listen.is_empty() {
+        e.push(&[Key("server"), Key("listen")], "at least one listen address is needed");
+    }
+    for (i, text) in raw.server.listen.iter().enumerate() {
+        match parse_endpoint(text) {
+            Ok((transport, addr)) => {
+                if listen.contains(&Listener { transport, addr }) {
+                    e.push(&[Key("server"), Key("listen"), Index(i)], format!("`{text}` is listed twice"));
+                }
+                listen.push(Listener { transport, addr });
+            }
+            Err(msg) => e.push(&[Key("server"), Key("listen"), Index(i)], msg),
+        }
+    }
+    let advertise = match &raw.server.advertise {
+        Some(text) => parse_advertise(text).unwrap_or_else(|msg| {
+            e.push(&[Key("server"), Key("advertise")], msg);
+            Advertise { host: String::new(), port: None }
+        }),
+        None => {
+            let first = listen.first().map(|l| l.addr.ip());
+            if first.is_some_and(|ip| ip.is_unspecified()) {
+                e.push(&[Key("server"), Key("advertise")], "listening on an unspecified address (0.0.0.0 / ::) needs `advertise`: the address peers can reach");
+            }
+            Advertise { host: first.map(host_text).unwrap_or_default(), port: None }
+        }
+    };
+    let admin = raw.server.admin.as_ref().and_then(|text| {
+        text.parse::<SocketAddr>()
+            .map_err(|_| e.push(&[Key("server"), Key("admin")], format!("`{text}` is not HOST:PORT")))
+            .ok()
+    });
+    if raw.server.gateway_timeout_ms < 100 {
+        e.push(&[Key("server"), Key("gateway_timeout_ms")], "must be at least 100");
+    }
+    if !(1024..=1 << 20).contains(&raw.server.max_message_bytes) {
+        e.push(&[Key("server"), Key("max_message_bytes")], "must be between 1024 and 1048576");
+    }
+    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+        e.push(&[Key("log"), Key("level")], format!("`{}` is not a tracing filter", raw.log.level));
+    }
+
+    let mut carriers = Vec::new();
+    let mut names = HashSet::new();
+    for (ci, c) in raw.carrier.iter().enumerate() {
+        if c.name.is_empty() || !names.insert(c.name.clone()) {
+            e.push(&[Key("carrier"), Index(ci), Key("name")], format!("carrier name `{}` is empty or used twice", c.name));
+        }
+        if c.gateways.is_empty() {
+            e.push(&[Key("carrier"), Index(ci), Key("gateways")], "a carrier needs at least one gateway");
+        }
+        let mut gateways = Vec::new();
+        for (gi, text) in c.gateways.iter().enumerate() {
+            let path = [Key("carrier"), Index(ci), Key("gateways"), Index(gi)];
+            match parse_endpoint(text) {
+                Ok((transport, addr)) => {
+                    if !listen.iter().any(|l| l.transport == transport && l.addr.is_ipv4() == addr.is_ipv4()) {
+                        e.push(&path, format!("no {} listener of the same IP family to reach `{text}`", transport.scheme()));
+                    }
+                    gateways.push(Gateway { transport, addr, uri: text.clone() });
+                }
+                Err(msg) => e.push(&path, msg),
+            }
+        }
+        carriers.push(Carrier {
+            name: c.name.clone(),
+            gateways,
+            limits: Pair { cps: c.cps, channels: c.channels },
+            gateway_limits: Pair { cps: c.gateway_cps, channels: c.gateway_channels },
+        });
+    }
+
+    let routes = route_table(&raw.route, &carriers, &[Key("route")], e);
+    if raw.route.is_empty() && !raw.customer.iter().any(|c| !c.route.is_empty()) {
+        e.push(&[Key("route")], "no [[route]]: no call could go anywhere");
+    }
+
+    let mut customers = Vec::new();
+    let mut names = HashSet::new();
+    let mut seen_ips: HashMap<IpNet, String> = HashMap::new();
+    let mut seen_users: HashMap<String, String> = HashMap::new();
+    for (ci, c) in raw.customer.iter().enumerate() {
+        if c.name.is_empty() || !names.insert(c.name.clone()) {
+            e.push(&[Key("customer"), Index(ci), Key("name")], format!("customer name `{}` is empty or used twice", c.name));
+        }
+        for (ii, net) in c.ips.iter().enumerate() {
+            if let Some(other) = seen_ips.insert(net.trunc(), c.name.clone()) {
+                e.push(&[Key("customer"), Index(ci), Key("ips"), Index(ii)], format!("`{net}` is already customer `{other}`'s"));
+            }
+        }
+        for (ui, user) in c.users.iter().enumerate() {
+            if let Some(other) = seen_users.insert(user.clone(), c.name.clone()) {
+                e.push(&[Key("customer"), Index(ci), Key("users"), Index(ui)], format!("`{user}` is already customer `{other}`'s"));
+            }
+        }
+        let own = [Key("customer"), Index(ci), Key("route")];
+        let routes = (!c.route.is_empty()).then(|| route_table(&c.route, &carriers, &own, e));
+        customers.push(Customer {
+            name: c.name.clone(),
+            ips: c.ips.iter().map(IpNet::trunc).collect(),
+            users: c.users.clone(),
+            limits: Pair { cps: c.cps, channels: c.channels },
+            per_ip: c.per_ip.or(raw.limits.per_ip).unwrap_or_default(),
+            per_user: c.per_user.or(raw.limits.per_user).unwrap_or_default(),
+            priority: c.priority,
+            routes,
+        });
+    }
+
+    let mut dids = Vec::new();
+    let mut numbers = HashSet::new();
+    for (di, d) in raw.did.iter().enumerate() {
+        let number = d.number.strip_prefix('+').unwrap_or(&d.number).to_string();
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#') {
+            e.push(&[Key("did"), Index(di), Key("number")], format!("`{}` is not a dialable number", d.number));
+        }
+        if !numbers.insert(number.clone()) {
+            e.push(&[Key("did"), Index(di), Key("number")], format!("`{}` is listed twice", d.number));
+        }
+        dids.push(Did { number, limits: Pair { cps: d.cps, channels: d.channels } });
+    }
+
+    let o = &raw.overflow;
+    if ![503, 486, 480, 403].contains(&o.status) {
+        e.push(&[Key("overflow"), Key("status")], "must be 503, 486, 480 or 403");
+    }
+    for (name, reason) in [("cps_reason", &o.cps_reason), ("channels_reason", &o.channels_reason)] {
+        if reason.is_empty() || reason.bytes().any(|b| b.is_ascii_control()) {
+            e.push(&[Key("overflow"), Key(name)], "must be a non-empty phrase without control characters");
+        }
+    }
+    for (i, contact) in o.redirect.iter().enumerate() {
+        let body = contact.trim_start_matches('<').trim_end_matches('>');
+        if crate::sip::uri::Uri::parse(body.as_bytes()).is_err() || contact.bytes().any(|b| b.is_ascii_control()) {
+            e.push(&[Key("overflow"), Key("redirect"), Index(i)], format!("`{contact}` is not a SIP URI"));
+        }
+    }
+    if o.queue_depth == 0 && o.queue_ms > 0 {
+        e.push(&[Key("overflow"), Key("queue_depth")], "must be at least 1 when queue_ms is set");
+    }
+    let usage = match &raw.usage {
+        Some(u) => {
+            if u.window_days == 0 {
+                e.push(&[Key("usage"), Key("window_days")], "must be at least 1");
+            }
+            Usage { state_file: u.state_file.clone(), window_days: u.window_days }
+        }
+        None => Usage { state_file: None, window_days: 30 },
+    };
+    let cluster = raw.cluster.as_ref().map(|c| {
+        if !(c.redis.starts_with("redis://") || c.redis.starts_with("rediss://")) {
+            e.push(&[Key("cluster"), Key("redis")], "must be a redis:// URL");
+        }
+        if c.nodes == 0 {
+            e.push(&[Key("cluster"), Key("nodes")], "must be at least 1");
+        }
+        let node = c.node.clone().unwrap_or_else(host_name);
+        if node.is_empty() {
+            e.push(&[Key("cluster"), Key("node")], "must not be empty");
+        }
+        Cluster { redis: c.redis.clone(), node, on_failure: c.on_failure, nodes: c.nodes }
+    });
+
+    Config {
+        path: None,
+        listen,
+        advertise,
+        admin,
+        allow_unknown: raw.server.allow_unknown,
+        gateway_timeout: Duration::from_millis(raw.server.gateway_timeout_ms),
+        drain: Duration::from_secs(raw.server.drain_seconds),
+        max_message_bytes: raw.server.max_message_bytes,
+        log_format: raw.log.format,
+        log_level: raw.log.level.clone(),
+        carriers,
+        routes,
+        limits: ServerLimits {
+            limits: Pair { cps: raw.limits.cps, channels: raw.limits.channels },
+            per_ip: raw.limits.per_ip.unwrap_or_default(),
+            per_user: raw.limits.per_user.unwrap_or_default(),
+            max_call: Duration::from_secs(raw.limits.max_call_seconds),
+        },
+        customers,
+        dids,
+        overflow: Overflow {
+            status: o.status,
+            cps_reason: o.cps_reason.clone(),
+            channels_reason: o.channels_reason.clone(),
+            retry_after: o.retry_after,
+            redirect: o.redirect.clone(),
+            queue: Duration::from_millis(o.queue_ms),
+            queue_depth: o.queue_depth,
+        },
+        usage,
+        cluster,
+    }
+}
+
+fn route_table(raw: &[file::Route], carriers: &[Carrier], base: &[Seg], e: &mut Errors<'_>) -> RouteTable {
+    let mut routes = Vec::new();
+    let mut prefixes = HashSet::new();
+    for (ri, r) in raw.iter().enumerate() {
+        let at = |key| {
+            let mut p = base.to_vec();
+            p.push(Index(ri));
+            p.push(Key(key));
+            p
+        };
+        let prefix = r.prefix.strip_prefix('+').unwrap_or(&r.prefix).to_string();
+        if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#') {
+            e.push(&at("prefix"), format!("`{}` is not a number prefix", r.prefix));
+        }
+        if !prefixes.insert(prefix.clone()) {
+            e.push(&at("prefix"), format!("prefix `{}` is used twice", r.prefix));
+        }
+        if r.carriers.is_empty() {
+            e.push(&at("carriers"), "a route needs at least one carrier");
+        }
+        let mut ids = Vec::new();
+        for (i, name) in r.carriers.iter().enumerate() {
+            match carriers.iter().position(|c| &c.name == name) {
+                Some(id) => ids.push(id),
+                None => {
+                    let mut p = at("carriers");
+                    p.push(Index(i));
+                    e.push(&p, format!("no [[carrier]] named `{name}`"));
+                }
+            }
+        }
+        routes.push(Route { prefix, carriers: ids, limits: Pair { cps: r.cps, channels: r.channels } });
+    }
+    RouteTable::new(routes)
+}
+
+fn parse_advertise(text: &str) -> Result<Advertise, String> {
+    if text.is_empty() || text.contains(['<', '>', ';', ' ', '@']) {
+        return Err(format!("`{text}` is not HOST or HOST:PORT"));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Advertise { host: host_text(addr.ip()), port: Some(addr.port()) });
+    }
+    if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(Advertise { host: host_text(ip), port: None });
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port.parse::<u16>().map_err(|_| format!("`{text}`: bad port"))?;
+            Ok(Advertise { host: host.to_string(), port: Some(port) })
+        }
+        None => Ok(Advertise { host: text.to_string(), port: None }),
+    }
+}
+
+/// An IP as written in a SIP host: IPv6 in brackets.
+pub fn host_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "sluice".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../config/sluice.toml");
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let c = Config::parse("config/sluice.toml", SHIPPED).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.carriers[0].gateways[0].addr, "127.0.0.1:5070".parse().unwrap());
+        assert_eq!(c.sent_by(Transport::Udp), "127.0.0.1:5060");
+    }
+
+    #[test]
+    fn contract_example_is_valid() {
+        let text = include_str!("../../tests/fixtures/contract.toml");
+        let c = Config::parse("contract.toml", text).unwrap();
+        assert_eq!(c.customers[0].per_ip.cps, Some(10));
+        assert_eq!(c.customers[0].per_ip.channels, None);
+        assert_eq!(c.limits.per_ip, Pair { cps: Some(20), channels: Some(200) });
+        assert_eq!(c.cluster.as_ref().map(|c| c.nodes), Some(2));
+        assert_eq!(c.customers[0].routes.as_ref().map(|r| r.routes[0].limits.cps), Some(Some(5)));
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let text = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\", \"tls://x:1\"]\n\n[[route]]\nprefix = \"1\"\ncarriers = [\"a\", \"nope\"]\n";
+        let errs = Config::parse("t.toml", text).unwrap_err().0;
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs[0].key, "carrier[0].gateways[1]");
+        assert_eq!(errs[0].line, Some(6));
+        assert_eq!(errs[1].key, "route[0].carriers[1]");
+        assert_eq!(errs[1].line, Some(10));
+        assert!(errs[1].to_string().starts_with("t.toml:10: route[0].carriers[1]: no [[carrier]] named `nope`"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line() {
+        let text = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\nlistne = 1\n";
+        let errs = Config::parse("t.toml", text).unwrap_err().0;
+        assert_eq!(errs[0].line, Some(3));
+        assert!(errs[0].message.contains("unknown field"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let text = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[carrier]]\nname = \"b\"\ngateways = [\"udp://127.0.0.1:5071\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n[[route]]\nprefix = \"+44\"\ncarriers = [\"b\"]\n[[route]]\nprefix = \"4420\"\ncarriers = [\"a\", \"b\"]\n";
+        let c = Config::parse("t.toml", text).unwrap();
+        assert_eq!(c.routes.lookup(b"4412").unwrap().1.carriers, vec![1]);
+        assert_eq!(c.routes.lookup(b"44201").unwrap().1.carriers, vec![0, 1]);
+        assert_eq!(c.routes.lookup(b"1555").unwrap().1.prefix, "");
+        assert_eq!(c.routes.lookup(b"4").unwrap().1.prefix, "");
+    }
+
+    #[test]
+    fn wildcard_listen_needs_advertise() {
+        let text = "[server]\nlisten = [\"udp://0.0.0.0:5060\"]\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n";
+        let errs = Config::parse("t.toml", text).unwrap_err().0;
+        assert_eq!(errs[0].key, "server.advertise");
+        let ok = text.replace("[server]\n", "[server]\nadvertise = \"sip.example.net:5060\"\n");
+        let c = Config::parse("t.toml", &ok).unwrap();
+        assert_eq!(c.sent_by(Transport::Udp), "sip.example.net:5060");
+    }
+}
