@@ -6,4 +6,6 @@
 
 pub mod config;
 pub mod peer;
+pub mod proxy;
 pub mod sip;
+pub mod stats;

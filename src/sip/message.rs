@@ -103,6 +103,9 @@ pub struct Message<'a> {
     pub content_length: Option<usize>,
     /// The line terminator this message uses ("\r\n" or "\n"), reused for inserted headers.
     pub crlf: &'static [u8],
+    /// A Content-Length problem found after the headers were read: the message is not
+    /// forwardable, but its headers may still be good enough to answer `400`.
+    pub body_error: Option<ParseError>,
 }
 
 /// Why bytes are not a SIP message. The variant decides whether a `400` can be sent (the
@@ -309,16 +312,29 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
         pos = after;
     }
 
+    let mut body_error = None;
     for h in headers.iter().filter(|h| h.name == HeaderName::ContentLength) {
         if content_length.is_some() {
-            return Err(ParseError::DuplicateContentLength);
+            body_error = Some(ParseError::DuplicateContentLength);
+            break;
         }
-        let v = trim(h.value.of(buf));
-        content_length = Some(parse_u32(v).ok_or(ParseError::ContentLength)? as usize);
+        match parse_u32(trim(h.value.of(buf))) {
+            Some(n) => content_length = Some(n as usize),
+            None => {
+                body_error = Some(ParseError::ContentLength);
+                break;
+            }
+        }
     }
-    let body_end = match content_length {
-        Some(n) => body_start.checked_add(n).filter(|e| *e <= buf.len()).ok_or(ParseError::BodyTruncated)?,
-        None => buf.len(),
+    let body_end = match (content_length, body_error.is_some()) {
+        (Some(n), false) => match body_start.checked_add(n).filter(|e| *e <= buf.len()) {
+            Some(end) => end,
+            None => {
+                body_error = Some(ParseError::BodyTruncated);
+                buf.len()
+            }
+        },
+        _ => buf.len(),
     };
     Ok(Message {
         buf,
@@ -329,6 +345,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
         body: Span::new(body_start, body_end),
         content_length,
         crlf,
+        body_error,
     })
 }
 
@@ -432,11 +449,12 @@ v=0\r\n";
 
     #[test]
     fn rejects_bad_framing() {
-        assert_eq!(parse(b"INVITE sip:a@b SIP/2.0\r\nl: 10\r\n\r\nabc").unwrap_err(), ParseError::BodyTruncated);
-        assert_eq!(parse(b"INVITE sip:a@b SIP/2.0\r\nl: -1\r\n\r\n").unwrap_err(), ParseError::ContentLength);
+        let body_error = |raw: &[u8]| parse(raw).unwrap().body_error;
+        assert_eq!(body_error(b"INVITE sip:a@b SIP/2.0\r\nl: 10\r\n\r\nabc"), Some(ParseError::BodyTruncated));
+        assert_eq!(body_error(b"INVITE sip:a@b SIP/2.0\r\nl: -1\r\n\r\n"), Some(ParseError::ContentLength));
         assert_eq!(
-            parse(b"INVITE sip:a@b SIP/2.0\r\nl: 0\r\nContent-Length: 0\r\n\r\n").unwrap_err(),
-            ParseError::DuplicateContentLength
+            body_error(b"INVITE sip:a@b SIP/2.0\r\nl: 0\r\nContent-Length: 0\r\n\r\n"),
+            Some(ParseError::DuplicateContentLength)
         );
         assert_eq!(parse(b"INVITE sip:a@b SIP/2.0\r\nl: 0\r\n").unwrap_err(), ParseError::Incomplete);
         assert_eq!(parse(b"INVITE  sip:a@b SIP/2.0\r\n\r\n").unwrap_err(), ParseError::StartLine);

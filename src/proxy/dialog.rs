@@ -1,0 +1,48 @@
+//! Dialogs the proxy tracks (RFC 3261 §12, as a record-routing proxy sees them): which network
+//! peer each side is, so in-dialog requests go to the other side even when devices ignore
+//! Record-Route or sit behind NAT, and nothing else is relayed.
+
+use bytes::Bytes;
+
+use crate::peer::Peer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// INVITE forwarded, no 2xx yet.
+    Early,
+    Confirmed,
+    /// BYE seen; kept briefly so its response and retransmissions are still routed.
+    Ending,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    pub caller_tag: Bytes,
+    pub callee_tag: Option<Bytes>,
+    pub caller: Peer,
+    pub callee: Peer,
+    pub phase: Phase,
+    /// Bumped whenever the expiry is rescheduled, so older expiry timers are ignored.
+    pub generation: u64,
+}
+
+/// Which way an in-dialog request travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToCallee,
+    ToCaller,
+}
+
+impl Dialog {
+    /// Matches an in-dialog request's tags to a side of this dialog.
+    pub fn direction(&self, from_tag: &[u8], to_tag: &[u8]) -> Option<Direction> {
+        let callee = self.callee_tag.as_deref();
+        if from_tag == &self.caller_tag[..] && callee.is_none_or(|c| c == to_tag) {
+            Some(Direction::ToCallee)
+        } else if to_tag == &self.caller_tag[..] && callee.is_none_or(|c| c == from_tag) {
+            Some(Direction::ToCaller)
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The sans-IO proxy core: `on_message(now, source, bytes)` and `on_timer(now)` turn input
+//! into [`Action`]s (bytes to send to a peer). No sockets, no clock reads, no sleeping tasks:
+//! the transport layer moves bytes and calls in; tests drive the core directly.
+//!
+//! Data path of one request, top to bottom: [`request`] (scan, sanity, classify: ACK,
+//! CANCEL, retransmission, in-dialog, initial), route, forward ([`forward`]); responses go
+//! through [`response`]; timers through [`timeouts`].
+
+pub mod branch;
+pub mod dialog;
+pub mod forward;
+pub mod identity;
+mod ratelog;
+mod request;
+mod response;
+pub mod sanity;
+pub mod stamp;
+pub mod timer;
+mod timeouts;
+pub mod transaction;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::peer::Peer;
+use crate::sip::edit::Splice;
+use crate::sip::{Message, reply};
+use crate::stats::Stats;
+use dialog::Dialog;
+use identity::Identity;
+use timer::Timers;
+use transaction::{Tx, TxId};
+
+/// Something the I/O layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `data` to `to`. `tx` names the transaction a request belongs to, so a transport
+    /// that cannot deliver it (TCP connect refused) can report back with
+    /// [`Proxy::on_send_failed`].
+    Send { to: Peer, data: Bytes, tx: Option<TxId> },
+}
+
+/// Upper bounds on state, so a flood cannot grow memory without limit. Past them new
+/// requests are answered `503` until state expires.
+pub const MAX_TRANSACTIONS: usize = 1_000_000;
+pub const MAX_DIALOGS: usize = 1_000_000;
+
+/// The proxy's whole protocol state. Owned by one lock in the runtime; every method is
+/// short and never blocks.
+pub struct Proxy {
+    config: Arc<Config>,
+    me: Identity,
+    txs: HashMap<TxId, Tx>,
+    /// Server transaction key (branch + sent-by + method) to transaction.
+    by_server: HashMap<Vec<u8>, TxId>,
+    /// Branch id of the current client branch to transaction.
+    by_branch: HashMap<Vec<u8>, TxId>,
+    /// Tracked dialogs by Call-ID.
+    dialogs: HashMap<Bytes, Dialog>,
+    timers: Timers,
+    seq: u64,
+    seed: u64,
+    draining: bool,
+    stats: Arc<Stats>,
+    warn: ratelog::RateLog,
+}
+
+impl Proxy {
+    /// `seed` varies tags and branches between runs (the runtime passes the start time).
+    pub fn new(config: Arc<Config>, stats: Arc<Stats>, seed: u64) -> Self {
+        Self {
+            me: Identity::new(&config),
+            config,
+            txs: HashMap::new(),
+            by_server: HashMap::new(),
+            by_branch: HashMap::new(),
+            dialogs: HashMap::new(),
+            timers: Timers::default(),
+            seq: 0,
+            seed,
+            draining: false,
+            stats,
+            warn: ratelog::RateLog::new(20),
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Replaces the configuration for new calls; transactions and dialogs in progress keep
+    /// their peers.
+    pub fn reload(&mut self, config: Arc<Config>) {
+        self.me = Identity::new(&config);
+        self.config = config;
+    }
+
+    /// Handles one received message (a datagram, or one framed TCP message).
+    pub fn on_message(&mut self, now: Instant, source: Peer, bytes: &[u8], out: &mut Vec<Action>) {
+        if bytes.len() > self.config.max_message_bytes {
+            Stats::bump(&self.stats.oversize);
+            if self.warn.allow(now) {
+                tracing::warn!(event = "sip.oversize", source = %source, size = bytes.len(), "message over max_message_bytes dropped");
+            }
+            return;
+        }
+        if bytes.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0)) {
+            return; // keep-alive
+        }
+        let msg = match crate::sip::parse(bytes) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.stats.malformed(source.transport);
+                if self.warn.allow(now) {
+                    tracing::warn!(event = "sip.malformed", source = %source, error = %e, "unparsable message dropped");
+                }
+                return;
+            }
+        };
+        if msg.is_request() {
+            Stats::bump(&self.stats.requests_in);
+            self.on_request(now, source, &msg, out);
+        } else {
+            Stats::bump(&self.stats.responses_in);
+            self.on_response(now, source, &msg, out);
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn on_timer(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while let Some(t) = self.timers.pop_due(now) {
+            self.fire(now, t, out);
+        }
+    }
+
+    /// When [`Proxy::on_timer`] next has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// Stops admitting new calls (SIGTERM): INVITEs get `503` (or `302` to the overflow
+    /// redirect), calls in progress continue.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Calls (dialogs) the proxy tracks, early or confirmed.
+    pub fn active_calls(&self) -> usize {
+        self.dialogs.values().filter(|d| d.phase != dialog::Phase::Ending).count()
+    }
+
+    pub fn transactions(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// Nothing left worth waiting for at shutdown.
+    pub fn is_idle(&self) -> bool {
+        self.active_calls() == 0 && self.txs.values().all(Tx::final_sent)
+    }
+
+    /// Sizes of the internal tables, for tests and /status: (transactions, dialogs, timers).
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        (self.txs.len(), self.dialogs.len(), self.timers.len())
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn send(&self, out: &mut Vec<Action>, to: Peer, data: Bytes, tx: Option<TxId>, request: bool) {
+        Stats::bump(if request { &self.stats.requests_out } else { &self.stats.responses_out });
+        out.push(Action::Send { to, data, tx });
+    }
+
+    /// Answers a request itself (the one reply builder). Returns the bytes sent, or `None`
+    /// when the request's Via gives no way back.
+    fn reply(
+        &self,
+        msg: &Message<'_>,
+        source: Peer,
+        status: u16,
+        reason: &str,
+        to_tag: Option<&[u8]>,
+        extra: &[(&str, &[u8])],
+        out: &mut Vec<Action>,
+    ) -> Option<Bytes> {
+        let mut splice = Splice::new(msg.buf);
+        let to = stamp::stamp(msg, source, &mut splice)?;
+        let data = Bytes::from(reply::response(msg, &mut splice, status, reason, to_tag, extra));
+        self.send(out, to, data.clone(), None, false);
+        Some(data)
+    }
+}

@@ -1,0 +1,211 @@
+//! Responses from gateways and callees (RFC 3261 §16.7): matched to the client branch by the
+//! proxy's own Via, then absorbed (100, retransmitted finals), used to fail over (5xx,
+//! timeouts), or forwarded upstream with the proxy's Via removed.
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::dialog::Phase;
+use super::forward;
+use super::timer::{LINGER, T1, TIMER_C, Timer};
+use super::transaction::{ClientState, ServerState, TxId};
+use super::{Action, Proxy};
+use crate::peer::{Peer, Transport};
+use crate::sip::{HeaderName, Message, via};
+use crate::stats::Stats;
+
+impl Proxy {
+    pub(super) fn on_response(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
+        let status = msg.status().unwrap_or(0);
+        let top = msg.first(HeaderName::Via).and_then(|h| via::parse_first(msg.bytes(h.value)));
+        let Some(top) = top.filter(|v| self.me.is_my_via(v.host, v.port)) else {
+            return self.stray(now, source, msg, "response whose top Via is not ours");
+        };
+        let Some((_, cseq_method)) = msg.cseq() else {
+            return self.stray(now, source, msg, "response without CSeq");
+        };
+        let id = top.branch.and_then(|b| self.by_branch.get(b).copied());
+        if cseq_method == b"CANCEL" {
+            // The gateway's answer to our CANCEL: stop retransmitting it.
+            if let Some(branch) = id.and_then(|id| self.txs.get_mut(&id)).and_then(|t| t.branch.as_mut()) {
+                if status >= 200 {
+                    branch.cancel = Some(Bytes::new());
+                }
+            }
+            return;
+        }
+        let Some(id) = id else {
+            if (200..300).contains(&status) && cseq_method == b"INVITE" {
+                // A 2xx retransmission after the transaction ended still travels end to end.
+                return self.forward_stateless(now, source, msg, out);
+            }
+            return self.stray(now, source, msg, "response for no transaction");
+        };
+        match status {
+            100..=199 => self.provisional(now, id, status, msg, out),
+            200..=299 => self.success(now, id, msg, out),
+            _ => self.failure(now, id, status, msg, out),
+        }
+    }
+
+    fn provisional(&mut self, now: Instant, id: TxId, status: u16, msg: &Message<'_>, out: &mut Vec<Action>) {
+        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let Some(branch) = tx.branch.as_mut() else { return };
+        if branch.state == ClientState::Done {
+            return;
+        }
+        let first = branch.state == ClientState::Calling;
+        branch.state = ClientState::Proceeding;
+        let number = branch.number;
+        if first && tx.is_invite {
+            self.timers.at(now + TIMER_C, Timer::Ringing(id, number));
+        }
+        let cancel_now = tx.cancelled && tx.branch.as_ref().is_some_and(|b| b.cancel.is_none());
+        if status > 100 && !tx.final_sent() {
+            let data = Bytes::from(forward::response(msg));
+            tx.last_response = Some(data.clone());
+            let to = tx.reply_to;
+            self.send(out, to, data, None, false);
+        }
+        if cancel_now {
+            self.send_cancel(now, id, out);
+        }
+    }
+
+    fn success(&mut self, now: Instant, id: TxId, msg: &Message<'_>, out: &mut Vec<Action>) {
+        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let data = Bytes::from(forward::response(msg));
+        let to = tx.reply_to;
+        let first = tx.server == ServerState::Proceeding;
+        if let Some(b) = tx.branch.as_mut() {
+            b.state = ClientState::Done;
+        }
+        if first {
+            tx.server = if tx.is_invite { ServerState::Accepted } else { ServerState::Completed };
+            tx.last_response = Some(data.clone());
+            tx.request = Bytes::new();
+            let linger = if tx.is_invite || to.transport == Transport::Udp { LINGER } else { std::time::Duration::ZERO };
+            self.timers.at(now + linger, Timer::Forget(id));
+            if tx.is_invite && tx.creates_dialog {
+                let callee = tx.branch.as_ref().map(|b| b.target);
+                let call_id = tx.call_id.clone();
+                let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
+                self.confirm_dialog(now, &call_id, to_tag, callee);
+            }
+        }
+        // Every 2xx to an INVITE is forwarded, retransmissions included: only the caller's
+        // ACK stops them (RFC 3261 §16.7 item 10, §13.3.1.4).
+        if first || self.txs.get(&id).is_some_and(|t| t.is_invite) {
+            self.send(out, to, data, None, false);
+        }
+    }
+
+    fn confirm_dialog(&mut self, now: Instant, call_id: &Bytes, to_tag: Option<Bytes>, callee: Option<Peer>) {
+        let max_call = self.config.limits.max_call;
+        let generation = self.next_seq();
+        let Some(d) = self.dialogs.get_mut(call_id) else { return };
+        if d.phase != Phase::Early {
+            return;
+        }
+        d.phase = Phase::Confirmed;
+        d.callee_tag = to_tag;
+        if let Some(c) = callee {
+            d.callee = c;
+        }
+        d.generation = generation;
+        self.timers.at(now + max_call, Timer::DialogExpiry(call_id.to_vec(), generation));
+        tracing::debug!(event = "call.answered", call_id = %String::from_utf8_lossy(call_id), "2xx");
+    }
+
+    fn failure(&mut self, now: Instant, id: TxId, status: u16, msg: &Message<'_>, out: &mut Vec<Action>) {
+        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let Some(branch) = tx.branch.as_mut() else { return };
+        let retransmission = branch.state == ClientState::Done;
+        branch.state = ClientState::Done;
+        // The proxy ACKs a non-2xx itself, hop by hop (RFC 3261 §17.1.1.3).
+        let ack = if tx.is_invite {
+            let to_line = msg.first(HeaderName::To).map(|h| h.line.of(msg.buf));
+            crate::sip::parse(&branch.request)
+                .ok()
+                .map(|fwd| (branch.target, Bytes::from(crate::sip::reply::hop_request(&fwd, "ACK", to_line))))
+        } else {
+            None
+        };
+        let done = retransmission || tx.final_sent();
+        if let Some((target, ack)) = ack {
+            self.send(out, target, ack, None, true);
+        }
+        if done {
+            return;
+        }
+        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let failover = (500..600).contains(&status) || status == 408;
+        if failover && !tx.cancelled && !tx.remaining.is_empty() {
+            tracing::info!(
+                event = "call.failover",
+                call_id = %String::from_utf8_lossy(&tx.call_id),
+                gateway = %tx.branch.as_ref().map(|b| b.target.to_string()).unwrap_or_default(),
+                status,
+                "gateway refused, trying the next one"
+            );
+            let request = tx.request.clone();
+            if let Ok(original) = crate::sip::parse(&request) {
+                self.next_branch(now, id, &original, out);
+            }
+            return;
+        }
+        let data = Bytes::from(forward::response(msg));
+        self.finish_with(now, id, data, out);
+    }
+
+    /// Sends a final non-2xx upstream and moves the server side to Completed: retransmitted
+    /// over UDP until the caller's ACK (Timer G), forgotten after Timer H. Ends the call.
+    pub(super) fn finish_with(&mut self, now: Instant, id: TxId, data: Bytes, out: &mut Vec<Action>) {
+        let Some(tx) = self.txs.get_mut(&id) else { return };
+        tx.server = ServerState::Completed;
+        tx.last_response = Some(data.clone());
+        tx.request = Bytes::new();
+        let to = tx.reply_to;
+        let (is_invite, creates_dialog) = (tx.is_invite, tx.creates_dialog);
+        let call_id = tx.call_id.clone();
+        if is_invite && to.transport == Transport::Udp {
+            tx.final_interval = T1;
+            self.timers.at(now + T1, Timer::ResendFinal(id));
+        }
+        let linger = if to.transport == Transport::Udp || is_invite { LINGER } else { std::time::Duration::ZERO };
+        self.timers.at(now + linger, Timer::Forget(id));
+        if creates_dialog {
+            if let Some(d) = self.dialogs.get(&call_id) {
+                if d.phase == Phase::Early {
+                    self.dialogs.remove(&call_id);
+                }
+            }
+        }
+        self.send(out, to, data, None, false);
+    }
+
+    /// Forwards a response with no transaction along its Via (RFC 3261 §16.7 / §18.2.2).
+    fn forward_stateless(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
+        let Some(via_h) = msg.first(HeaderName::Via) else { return };
+        let all = via::parse_all(msg.bytes(via_h.value)).unwrap_or_default();
+        let next = if all.len() > 1 {
+            all.get(1).cloned()
+        } else {
+            msg.all(HeaderName::Via).nth(1).and_then(|h| via::parse_first(msg.bytes(h.value)))
+        };
+        let Some(target) = next.as_ref().and_then(|v| {
+            v.response_target().map(|addr| if v.is_tcp() { Peer::tcp(addr, None) } else { Peer::udp(addr) })
+        }) else {
+            return self.stray(now, source, msg, "no Via to forward the response to");
+        };
+        let data = Bytes::from(forward::response(msg));
+        self.send(out, target, data, None, false);
+    }
+
+    fn stray(&mut self, now: Instant, source: Peer, msg: &Message<'_>, why: &'static str) {
+        Stats::bump(&self.stats.stray);
+        if self.warn.allow(now) {
+            tracing::debug!(event = "sip.stray", source = %source, call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), why, "dropped");
+        }
+    }
+}

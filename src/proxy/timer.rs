@@ -1,0 +1,72 @@
+//! Timers as data: the core schedules `(deadline, Timer)` and the I/O layer calls
+//! `Proxy::on_timer(now)` when the earliest deadline passes. A timer that no longer matches
+//! its transaction's state (answered, failed over, removed) is ignored when it fires.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use tokio::time::Instant;
+
+use super::transaction::TxId;
+
+/// RFC 3261 T1 (RTT estimate) and T2 (maximum retransmit interval for non-INVITE).
+pub const T1: std::time::Duration = std::time::Duration::from_millis(500);
+pub const T2: std::time::Duration = std::time::Duration::from_secs(4);
+/// RFC 3261 T4: how long an INVITE server transaction absorbs ACK retransmissions (Timer I).
+pub const T4: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a finished transaction lingers to absorb retransmissions (64*T1, Timers J/H/L).
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(32);
+/// Timer C: a proxy's limit on an INVITE that got a provisional but no final answer.
+pub const TIMER_C: std::time::Duration = std::time::Duration::from_secs(180);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    /// Timer A/E: retransmit the request on branch number `.1`.
+    Retransmit(TxId, u32),
+    /// Timer B/F: the gateway on branch `.1` never answered.
+    NoAnswer(TxId, u32),
+    /// Timer C: provisional but no final answer for too long.
+    Ringing(TxId, u32),
+    /// Timer G: retransmit the final non-2xx response upstream over UDP.
+    ResendFinal(TxId),
+    /// Retransmit the CANCEL sent on branch `.1`.
+    ResendCancel(TxId, u32),
+    /// Timers H/I/J/L: forget the transaction.
+    Forget(TxId),
+    /// A dialog's lifetime (max_call_seconds, or the linger after BYE) ran out.
+    DialogExpiry(Vec<u8>, u64),
+}
+
+#[derive(Debug, Default)]
+pub struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
+    seq: u64,
+}
+
+impl Timers {
+    pub fn at(&mut self, when: Instant, timer: Timer) {
+        self.seq += 1;
+        self.heap.push(Reverse((when, self.seq, timer)));
+    }
+
+    /// The earliest deadline, for the I/O layer's sleep.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((when, _, _))| *when)
+    }
+
+    /// Pops the next timer due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+        match self.heap.peek() {
+            Some(Reverse((when, _, _))) if *when <= now => self.heap.pop().map(|Reverse((_, _, t))| t),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}

@@ -1,0 +1,88 @@
+//! Transaction state of a stateful proxy (RFC 3261 §16 / §17): one record pairs the server
+//! transaction toward the caller with the client transaction on the current branch toward a
+//! gateway. Branches are tried in order (serial failover), never in parallel.
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::peer::Peer;
+
+pub type TxId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// No final response sent upstream yet.
+    Proceeding,
+    /// A final non-2xx went upstream; waiting for the ACK (INVITE) or lingering (non-INVITE).
+    Completed,
+    /// INVITE only: a 2xx went upstream (RFC 6026 Accepted); INVITE retransmissions absorbed.
+    Accepted,
+    /// INVITE only: the ACK for our non-2xx arrived.
+    Confirmed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Sent, nothing heard.
+    Calling,
+    /// A provisional response arrived.
+    Proceeding,
+    /// A final response arrived.
+    Done,
+}
+
+/// The current branch toward one gateway.
+#[derive(Debug, Clone)]
+pub struct Branch {
+    /// Increments on each failover so stale timers can be recognised.
+    pub number: u32,
+    pub id: Vec<u8>,
+    pub target: Peer,
+    /// The forwarded request, for retransmission and for building CANCEL/ACK.
+    pub request: Bytes,
+    pub state: ClientState,
+    pub interval: std::time::Duration,
+    /// CANCEL sent on this branch (and its bytes, for retransmission over UDP).
+    pub cancel: Option<Bytes>,
+}
+
+/// Why the caller is still waiting, for the answer the proxy gives if no gateway does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    None,
+    Timeout,
+    Unreachable,
+}
+
+#[derive(Debug)]
+pub struct Tx {
+    pub id: TxId,
+    pub is_invite: bool,
+    pub call_id: Bytes,
+    pub server_key: Vec<u8>,
+    /// Who sent the request (for the Via stamp on every branch).
+    pub source: Peer,
+    /// Where responses go: the caller's stamped Via target (UDP) or its connection (TCP).
+    pub reply_to: Peer,
+    /// The request as received, kept until a final response is sent (to build 408/487/503).
+    pub request: Bytes,
+    pub server: ServerState,
+    /// The last response sent upstream, re-sent when the request is retransmitted.
+    pub last_response: Option<Bytes>,
+    pub final_interval: std::time::Duration,
+    pub to_tag: Vec<u8>,
+    pub branch: Option<Branch>,
+    /// Gateways not tried yet, in order.
+    pub remaining: Vec<Peer>,
+    pub cancelled: bool,
+    pub failure: Failure,
+    /// True for the INVITE that created a dialog the proxy tracks.
+    pub creates_dialog: bool,
+    pub created: Instant,
+}
+
+impl Tx {
+    pub fn final_sent(&self) -> bool {
+        self.server != ServerState::Proceeding
+    }
+}
