@@ -3,6 +3,7 @@
 //! reports a broken file in one pass.
 
 mod file;
+pub mod summary;
 pub mod locate;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,137 @@
+//! Binding the configured listeners and running the proxy until shutdown: the public entry
+//! point integration tests use (bind `127.0.0.1:0`, talk raw bytes, cancel).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use thiserror::Error;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Listener};
+use crate::peer::Transport;
+use crate::proxy::Proxy;
+use crate::stats::Stats;
+use crate::transport::{self, Shared};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A listen address could not be bound (in use, not local, no permission).
+    #[error("cannot bind {transport}://{addr}: {source}")]
+    Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
+}
+
+/// A bound, not yet running proxy.
+pub struct Server {
+    config: Arc<Config>,
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: Vec<TcpListener>,
+}
+
+/// A running proxy: its addresses and a handle to stop it.
+pub struct Running {
+    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    /// Binds every listener. Port 0 picks a free port, shared by UDP and TCP on the same IP,
+    /// and the config is rewritten with the real ports (they go into Via and Record-Route).
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let mut config = config;
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        let mut bound: Vec<Listener> = Vec::new();
+        for l in config.listen.clone() {
+            let mut addr = l.addr;
+            if addr.port() == 0 {
+                if let Some(same_ip) = bound.iter().find(|b| b.addr.ip() == addr.ip()) {
+                    addr.set_port(same_ip.addr.port());
+                }
+            }
+            let err = |source| ServerError::Bind { transport: l.transport.scheme(), addr, source };
+            let actual = match l.transport {
+                Transport::Udp => {
+                    let s = UdpSocket::bind(addr).await.map_err(err)?;
+                    let local = s.local_addr().map_err(err)?;
+                    udp.push(Arc::new(s));
+                    local
+                }
+                Transport::Tcp => {
+                    let s = TcpListener::bind(addr).await.map_err(err)?;
+                    let local = s.local_addr().map_err(err)?;
+                    tcp.push(s);
+                    local
+                }
+            };
+            bound.push(Listener { transport: l.transport, addr: actual });
+        }
+        config.listen = bound;
+        Ok(Self { config: Arc::new(config), udp, tcp })
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Starts the socket tasks and the timer task.
+    pub fn start(self, shutdown: CancellationToken) -> Running {
+        let stats = Arc::new(Stats::default());
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Proxy::new(self.config.clone(), stats.clone(), seed)),
+            stats,
+            udp: self.udp.clone(),
+            tcp: transport::tcp::Registry::default(),
+            shutdown,
+            max_message: self.config.max_message_bytes,
+        });
+        let mut tasks = JoinSet::new();
+        for socket in self.udp {
+            tasks.spawn(transport::udp::serve(shared.clone(), socket));
+        }
+        for listener in self.tcp {
+            tasks.spawn(transport::tcp::serve(shared.clone(), listener));
+        }
+        tasks.spawn(shared.clone().run_timers());
+        for l in &self.config.listen {
+            tracing::info!(event = "server.listening", transport = l.transport.scheme(), addr = %l.addr, "listening");
+        }
+        Running { config: self.config, shared, tasks }
+    }
+}
+
+impl Running {
+    /// The bound address of the first listener of `transport`.
+    pub fn addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.config.listen.iter().find(|l| l.transport == transport).map(|l| l.addr)
+    }
+
+    /// Graceful stop: refuse new calls, let calls in progress finish for up to `drain`, then
+    /// stop every task.
+    pub async fn drain_and_stop(mut self, drain: Duration) {
+        self.shared.core.lock().start_draining();
+        tracing::info!(event = "server.draining", seconds = drain.as_secs(), "draining");
+        let deadline = tokio::time::Instant::now() + drain;
+        while tokio::time::Instant::now() < deadline {
+            if self.shared.core.lock().is_idle() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = self.shared.core.lock().active_calls();
+        tracing::info!(event = "server.stopped", calls_left = left, "stopped");
+        self.shared.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Immediate stop (tests).
+    pub async fn stop(mut self) {
+        self.shared.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,97 @@
+//! Sockets: UDP and TCP listeners that feed received bytes to the proxy core and carry its
+//! [`Action`]s out. This layer owns no SIP logic; it frames TCP streams, reuses connections,
+//! and reports undeliverable requests back to the core.
+
+pub mod tcp;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::peer::{Peer, Transport};
+use crate::proxy::{Action, Proxy};
+use crate::stats::Stats;
+
+/// Everything the socket tasks share.
+pub struct Shared {
+    pub core: Mutex<Proxy>,
+    pub stats: Arc<Stats>,
+    pub udp: Vec<Arc<UdpSocket>>,
+    pub tcp: tcp::Registry,
+    pub shutdown: CancellationToken,
+    pub max_message: usize,
+}
+
+impl Shared {
+    /// Runs the core on one received message and carries out what it decided.
+    pub fn handle(self: &Arc<Self>, source: Peer, bytes: &[u8]) {
+        let mut out = Vec::new();
+        self.core.lock().on_message(Instant::now(), source, bytes, &mut out);
+        self.dispatch(out);
+    }
+
+    pub fn dispatch(self: &Arc<Self>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { to, data, tx } => match to.transport {
+                    Transport::Udp => self.send_udp(to.addr, data),
+                    Transport::Tcp => self.tcp.send(self, to, data, tx),
+                },
+            }
+        }
+    }
+
+    fn send_udp(self: &Arc<Self>, to: SocketAddr, data: Bytes) {
+        let Some(socket) = self.udp.iter().find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == to.is_ipv4())) else {
+            tracing::warn!(event = "transport.no_socket", to = %to, "no UDP socket of this address family");
+            return;
+        };
+        match socket.try_send_to(&data, to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let _ = socket.send_to(&data, to).await;
+                });
+            }
+            Err(e) => tracing::debug!(event = "transport.send_failed", to = %to, error = %e, "UDP send failed"),
+        }
+    }
+
+    /// A request could not be delivered: let the core fail over.
+    pub fn send_failed(self: &Arc<Self>, tx: crate::proxy::transaction::TxId, to: Peer) {
+        let mut out = Vec::new();
+        self.core.lock().on_send_failed(Instant::now(), tx, to, &mut out);
+        self.dispatch(out);
+    }
+
+    /// Drives the core's timers until shutdown. A 10 ms tick is far finer than any SIP timer
+    /// (T1 = 500 ms) and costs nothing measurable.
+    pub async fn run_timers(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            let mut out = Vec::new();
+            {
+                let mut core = self.core.lock();
+                if core.next_deadline().is_some_and(|d| d <= now) {
+                    core.on_timer(now, &mut out);
+                }
+            }
+            if !out.is_empty() {
+                self.dispatch(out);
+            }
+        }
+    }
+}
