@@ -1,0 +1,282 @@
+//! Test harness: starts sluice in-process on ephemeral ports and plays caller and PBX with
+//! plain sockets, so every test talks real SIP bytes over real sockets.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sluice::config::Config;
+use sluice::peer::Transport;
+use sluice::server::{Running, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(3);
+
+/// A free local port number (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Starts sluice with `config` (TOML). `{UDP}`/`{TCP}` in it are not special: callers write
+/// listen addresses themselves (`udp://127.0.0.1:0`).
+pub async fn start(config: &str) -> Running {
+    let config = Config::parse("test.toml", config).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let server = Server::bind(config).await.expect("bind");
+    server.start(CancellationToken::new())
+}
+
+/// The usual config: sluice on UDP+TCP ephemeral ports, one carrier with `gateways`.
+pub fn config_with(gateways: &[String], extra_server: &str, extra: &str) -> String {
+    let gws: Vec<String> = gateways.iter().map(|g| format!("\"{g}\"")).collect();
+    format!(
+        "[server]\nlisten = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\n{extra_server}\n\
+         [log]\nlevel = \"warn\"\n\
+         [[carrier]]\nname = \"pbx\"\ngateways = [{}]\n\
+         [[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n{extra}\n",
+        gws.join(", ")
+    )
+}
+
+/// One side of a SIP conversation over UDP or TCP.
+pub struct Endpoint {
+    pub transport: Transport,
+    udp: Option<UdpSocket>,
+    tcp_listener: Option<TcpListener>,
+    tcp: Option<TcpStream>,
+    buf: Vec<u8>,
+    pub local: SocketAddr,
+}
+
+impl Endpoint {
+    pub async fn udp() -> Self {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = s.local_addr().unwrap();
+        Self { transport: Transport::Udp, udp: Some(s), tcp_listener: None, tcp: None, buf: Vec::new(), local }
+    }
+
+    /// A TCP server endpoint (a PBX): accepts the proxy's connection on first receive.
+    pub async fn tcp_server() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = l.local_addr().unwrap();
+        Self { transport: Transport::Tcp, udp: None, tcp_listener: Some(l), tcp: None, buf: Vec::new(), local }
+    }
+
+    /// A TCP client endpoint (a caller) connected to `to`.
+    pub async fn tcp_client(to: SocketAddr) -> Self {
+        let s = TcpStream::connect(to).await.unwrap();
+        let local = s.local_addr().unwrap();
+        Self { transport: Transport::Tcp, udp: None, tcp_listener: None, tcp: Some(s), buf: Vec::new(), local }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("{}://{}", if self.transport == Transport::Udp { "udp" } else { "tcp" }, self.local)
+    }
+
+    pub fn via_transport(&self) -> &'static str {
+        if self.transport == Transport::Udp { "UDP" } else { "TCP" }
+    }
+
+    pub async fn send(&mut self, to: SocketAddr, data: &[u8]) {
+        match self.transport {
+            Transport::Udp => {
+                self.udp.as_ref().unwrap().send_to(data, to).await.unwrap();
+            }
+            Transport::Tcp => {
+                self.accept_if_needed().await;
+                self.tcp.as_mut().unwrap().write_all(data).await.unwrap();
+            }
+        }
+    }
+
+    async fn accept_if_needed(&mut self) {
+        if self.tcp.is_none() {
+            let l = self.tcp_listener.as_ref().expect("no connection and no listener");
+            let (s, _) = tokio::time::timeout(WAIT, l.accept()).await.expect("proxy never connected").unwrap();
+            self.tcp = Some(s);
+        }
+    }
+
+    /// The next message and who sent it, or `None` after `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<(String, SocketAddr)> {
+        match self.transport {
+            Transport::Udp => {
+                let mut buf = vec![0u8; 70_000];
+                let (n, from) = tokio::time::timeout(wait, self.udp.as_ref().unwrap().recv_from(&mut buf)).await.ok()?.ok()?;
+                Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+            }
+            Transport::Tcp => {
+                if self.tcp.is_none() {
+                    let l = self.tcp_listener.as_ref()?;
+                    let (s, _) = tokio::time::timeout(wait, l.accept()).await.ok()?.ok()?;
+                    self.tcp = Some(s);
+                }
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    if let Ok(sluice::sip::framing::Frame::Message { len }) = sluice::sip::framing::frame(&self.buf, 1 << 20) {
+                        let msg: Vec<u8> = self.buf.drain(..len).collect();
+                        let peer = self.tcp.as_ref()?.peer_addr().ok()?;
+                        return Some((String::from_utf8_lossy(&msg).into_owned(), peer));
+                    }
+                    let mut chunk = [0u8; 8192];
+                    let n = tokio::time::timeout_at(deadline, self.tcp.as_mut()?.read(&mut chunk)).await.ok()?.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> (String, SocketAddr) {
+        self.recv_within(WAIT).await.expect("expected a SIP message, got none")
+    }
+
+    /// Receives until a message whose first line starts with `prefix` (skipping others).
+    pub async fn expect(&mut self, prefix: &str) -> (String, SocketAddr) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some((m, from)) = self.recv_within(left).await else {
+                panic!("expected `{prefix}`, got nothing");
+            };
+            if m.starts_with(prefix) {
+                return (m, from);
+            }
+        }
+    }
+
+    /// True when the TCP connection was closed by the other side within `wait`.
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let mut chunk = [0u8; 1024];
+        let Some(s) = self.tcp.as_mut() else { return false };
+        matches!(tokio::time::timeout(wait, s.read(&mut chunk)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+}
+
+/// The value of the first header `name` (case-insensitive, long form only).
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n").skip(1).take_while(|l| !l.is_empty()).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+pub fn headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+        .collect()
+}
+
+pub fn status(msg: &str) -> u16 {
+    msg.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+/// An INVITE from `caller` to `number` through the proxy.
+pub fn invite(caller: &Endpoint, call_id: &str, branch: &str, number: &str, proxy: SocketAddr) -> String {
+    format!(
+        "INVITE sip:{number}@{proxy} SIP/2.0\r\n\
+         Via: SIP/2.0/{t} {local};branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: \"Alice\" <sip:alice@{local}>;tag=caller-{call_id}\r\n\
+         To: <sip:{number}@{proxy}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@{local};transport={tl}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {len}\r\n\r\n{SDP}",
+        t = caller.via_transport(),
+        tl = caller.via_transport().to_lowercase(),
+        local = caller.local,
+        len = SDP.len()
+    )
+}
+
+/// A response built by a UAS (the test PBX) to `req`: Vias, From, To (+tag), Call-ID, CSeq.
+pub fn respond(req: &str, code: u16, reason: &str, to_tag: Option<&str>, extra: &str, contact: Option<SocketAddr>) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for line in req.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" | "record-route" => {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+            "to" | "t" => {
+                out.push_str(line);
+                if let Some(tag) = to_tag {
+                    if !line.contains("tag=") {
+                        out.push_str(";tag=");
+                        out.push_str(tag);
+                    }
+                }
+                out.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    if let Some(c) = contact {
+        out.push_str(&format!("Contact: <sip:pbx@{c}>\r\n"));
+    }
+    out.push_str(extra);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// An in-dialog request from one side, routed through the proxy via `route` (the Record-Route
+/// values the side learned), with the dialog's tags.
+#[allow(clippy::too_many_arguments)]
+pub fn in_dialog(
+    method: &str,
+    from: &Endpoint,
+    target_uri: &str,
+    call_id: &str,
+    from_tag: &str,
+    to_tag: &str,
+    cseq: u32,
+    route: &[&str],
+    branch: &str,
+) -> String {
+    let mut routes = String::new();
+    for r in route {
+        routes.push_str(&format!("Route: {r}\r\n"));
+    }
+    format!(
+        "{method} {target_uri} SIP/2.0\r\n\
+         Via: SIP/2.0/{t} {local};branch=z9hG4bK{branch};rport\r\n\
+         {routes}Max-Forwards: 70\r\n\
+         From: <sip:x@{local}>;tag={from_tag}\r\n\
+         To: <sip:y@example.com>;tag={to_tag}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n",
+        t = from.via_transport(),
+        local = from.local,
+    )
+}
+
+/// The tag parameter of a From/To value.
+pub fn tag_of(value: &str) -> Option<&str> {
+    value.split(';').find_map(|p| p.trim().strip_prefix("tag=")).map(str::trim)
+}
+
+/// Polls a condition on the running proxy's core for up to `WAIT`.
+pub async fn eventually(running: &Running, what: &str, f: impl Fn(&sluice::proxy::Proxy) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f(&running.shared.core.lock()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition never held: {what}");
+}
