@@ -21,7 +21,11 @@ use crate::transport::{self, Shared};
 pub enum ServerError {
     /// A listen address could not be bound (in use, not local, no permission).
     #[error("cannot bind {transport}://{addr}: {source}")]
-    Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        transport: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A bound, not yet running proxy.
@@ -53,7 +57,11 @@ impl Server {
                     addr.set_port(same_ip.addr.port());
                 }
             }
-            let err = |source| ServerError::Bind { transport: l.transport.scheme(), addr, source };
+            let err = |source| ServerError::Bind {
+                transport: l.transport.scheme(),
+                addr,
+                source,
+            };
             let actual = match l.transport {
                 Transport::Udp => {
                     let s = UdpSocket::bind(addr).await.map_err(err)?;
@@ -68,10 +76,17 @@ impl Server {
                     local
                 }
             };
-            bound.push(Listener { transport: l.transport, addr: actual });
+            bound.push(Listener {
+                transport: l.transport,
+                addr: actual,
+            });
         }
         config.listen = bound;
-        Ok(Self { config: Arc::new(config), udp, tcp })
+        Ok(Self {
+            config: Arc::new(config),
+            udp,
+            tcp,
+        })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -81,7 +96,9 @@ impl Server {
     /// Starts the socket tasks and the timer task.
     pub fn start(self, shutdown: CancellationToken) -> Running {
         let stats = Arc::new(Stats::default());
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         let shared = Arc::new(Shared {
             core: Mutex::new(Proxy::new(self.config.clone(), stats.clone(), seed)),
             stats,
@@ -101,21 +118,33 @@ impl Server {
         for l in &self.config.listen {
             tracing::info!(event = "server.listening", transport = l.transport.scheme(), addr = %l.addr, "listening");
         }
-        Running { config: self.config, shared, tasks }
+        Running {
+            config: self.config,
+            shared,
+            tasks,
+        }
     }
 }
 
 impl Running {
     /// The bound address of the first listener of `transport`.
     pub fn addr(&self, transport: Transport) -> Option<SocketAddr> {
-        self.config.listen.iter().find(|l| l.transport == transport).map(|l| l.addr)
+        self.config
+            .listen
+            .iter()
+            .find(|l| l.transport == transport)
+            .map(|l| l.addr)
     }
 
     /// Graceful stop: refuse new calls, let calls in progress finish for up to `drain`, then
     /// stop every task.
     pub async fn drain_and_stop(mut self, drain: Duration) {
         self.shared.core.lock().start_draining();
-        tracing::info!(event = "server.draining", seconds = drain.as_secs(), "draining");
+        tracing::info!(
+            event = "server.draining",
+            seconds = drain.as_secs(),
+            "draining"
+        );
         let deadline = tokio::time::Instant::now() + drain;
         while tokio::time::Instant::now() < deadline {
             if self.shared.core.lock().is_idle() {

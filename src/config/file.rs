@@ -56,7 +56,10 @@ pub(crate) struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Self { format: LogFormat::default(), level: default_level() }
+        Self {
+            format: LogFormat::default(),
+            level: default_level(),
+        }
     }
 }
 
@@ -108,7 +111,13 @@ pub(crate) struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { cps: None, channels: None, per_ip: None, per_user: None, max_call_seconds: default_max_call_seconds() }
+        Self {
+            cps: None,
+            channels: None,
+            per_ip: None,
+            per_user: None,
+            max_call_seconds: default_max_call_seconds(),
+        }
     }
 }
 

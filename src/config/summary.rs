@@ -23,31 +23,81 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(s, "carriers:");
     for carrier in &c.carriers {
         let gws: Vec<&str> = carrier.gateways.iter().map(|g| g.uri.as_str()).collect();
-        let _ = writeln!(s, "  {} [{}] ({}; per gateway {})", carrier.name, gws.join(", "), limits(&carrier.limits), limits(&carrier.gateway_limits));
+        let _ = writeln!(
+            s,
+            "  {} [{}] ({}; per gateway {})",
+            carrier.name,
+            gws.join(", "),
+            limits(&carrier.limits),
+            limits(&carrier.gateway_limits)
+        );
     }
     let _ = writeln!(s, "routes:");
     let name = |id: &usize| c.carriers.get(*id).map_or("?", |x| x.name.as_str());
     for r in &c.routes.routes {
         let names: Vec<&str> = r.carriers.iter().map(name).collect();
-        let _ = writeln!(s, "  prefix \"{}\" -> {} ({})", r.prefix, names.join(", "), limits(&r.limits));
+        let _ = writeln!(
+            s,
+            "  prefix \"{}\" -> {} ({})",
+            r.prefix,
+            names.join(", "),
+            limits(&r.limits)
+        );
     }
-    let _ = writeln!(s, "limits: server {}; per ip {}; per user {}; max call {} s", limits(&c.limits.limits), limits(&c.limits.per_ip), limits(&c.limits.per_user), c.limits.max_call.as_secs());
+    let _ = writeln!(
+        s,
+        "limits: server {}; per ip {}; per user {}; max call {} s",
+        limits(&c.limits.limits),
+        limits(&c.limits.per_ip),
+        limits(&c.limits.per_user),
+        c.limits.max_call.as_secs()
+    );
     for cu in &c.customers {
         let ips: Vec<String> = cu.ips.iter().map(ToString::to_string).collect();
-        let _ = writeln!(s, "customer {}: ips [{}] users [{}] ({}; per ip {}; per user {}; priority {})", cu.name, ips.join(", "), cu.users.join(", "), limits(&cu.limits), limits(&cu.per_ip), limits(&cu.per_user), cu.priority);
+        let _ = writeln!(
+            s,
+            "customer {}: ips [{}] users [{}] ({}; per ip {}; per user {}; priority {})",
+            cu.name,
+            ips.join(", "),
+            cu.users.join(", "),
+            limits(&cu.limits),
+            limits(&cu.per_ip),
+            limits(&cu.per_user),
+            cu.priority
+        );
         if let Some(t) = &cu.routes {
             for r in &t.routes {
                 let names: Vec<&str> = r.carriers.iter().map(name).collect();
-                let _ = writeln!(s, "  prefix \"{}\" -> {} ({})", r.prefix, names.join(", "), limits(&r.limits));
+                let _ = writeln!(
+                    s,
+                    "  prefix \"{}\" -> {} ({})",
+                    r.prefix,
+                    names.join(", "),
+                    limits(&r.limits)
+                );
             }
         }
     }
     for d in &c.dids {
         let _ = writeln!(s, "did {}: {}", d.number, limits(&d.limits));
     }
-    let _ = writeln!(s, "overflow: {} \"{}\" / \"{}\", Retry-After {}, redirect [{}], queue {} ms (depth {})", c.overflow.status, c.overflow.cps_reason, c.overflow.channels_reason, c.overflow.retry_after, c.overflow.redirect.join(", "), c.overflow.queue.as_millis(), c.overflow.queue_depth);
+    let _ = writeln!(
+        s,
+        "overflow: {} \"{}\" / \"{}\", Retry-After {}, redirect [{}], queue {} ms (depth {})",
+        c.overflow.status,
+        c.overflow.cps_reason,
+        c.overflow.channels_reason,
+        c.overflow.retry_after,
+        c.overflow.redirect.join(", "),
+        c.overflow.queue.as_millis(),
+        c.overflow.queue_depth
+    );
     if let Some(cl) = &c.cluster {
-        let _ = writeln!(s, "cluster: {} as node {} (on failure: {:?}, {} nodes)", cl.redis, cl.node, cl.on_failure, cl.nodes);
+        let _ = writeln!(
+            s,
+            "cluster: {} as node {} (on failure: {:?}, {} nodes)",
+            cl.redis, cl.node, cl.on_failure, cl.nodes
+        );
     }
     s
 }

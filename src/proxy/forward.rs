@@ -23,19 +23,35 @@ pub struct RequestEdits<'a> {
 
 /// The forwarded copy of a request received from `source`. Also returns where responses
 /// to it go (from the stamped top Via).
-pub fn request(msg: &Message<'_>, source: Peer, me: &Identity, edits: &RequestEdits<'_>) -> (Vec<u8>, Option<Peer>) {
+pub fn request(
+    msg: &Message<'_>,
+    source: Peer,
+    me: &Identity,
+    edits: &RequestEdits<'_>,
+) -> (Vec<u8>, Option<Peer>) {
     let crlf = msg.crlf;
     let mut s = Splice::new(msg.buf);
     let reply_to = stamp::stamp(msg, source, &mut s);
-    let first_via = msg.first(HeaderName::Via).map_or(msg.start_line.end as usize + crlf.len(), |h| h.line.start as usize);
+    let first_via = msg
+        .first(HeaderName::Via)
+        .map_or(msg.start_line.end as usize + crlf.len(), |h| {
+            h.line.start as usize
+        });
     s.insert_with(first_via, |out| {
-        let _ = write!(out, "Via: SIP/2.0/{} {};branch=", edits.out.via_token(), me.sent_by(edits.out));
+        let _ = write!(
+            out,
+            "Via: SIP/2.0/{} {};branch=",
+            edits.out.via_token(),
+            me.sent_by(edits.out)
+        );
         out.extend_from_slice(edits.branch);
         out.extend_from_slice(b";rport");
         out.extend_from_slice(crlf);
     });
     if edits.record_route {
-        let at = msg.first(HeaderName::RecordRoute).map_or(first_via, |h| h.line.start as usize);
+        let at = msg
+            .first(HeaderName::RecordRoute)
+            .map_or(first_via, |h| h.line.start as usize);
         s.insert_with(at, |out| {
             // Facing the callee first (it uses the set top-down), then the caller when the
             // legs use different transports (double Record-Route).
@@ -50,7 +66,12 @@ pub fn request(msg: &Message<'_>, source: Peer, me: &Identity, edits: &RequestEd
     }
     match msg.first(HeaderName::MaxForwards) {
         Some(h) => {
-            let n = msg.max_forwards().ok().flatten().unwrap_or(70).saturating_sub(1);
+            let n = msg
+                .max_forwards()
+                .ok()
+                .flatten()
+                .unwrap_or(70)
+                .saturating_sub(1);
             s.replace(h.value.range(), n.to_string().as_bytes());
         }
         None => s.insert_with(first_via, |out| {
@@ -82,7 +103,9 @@ fn pop_my_routes(msg: &Message<'_>, me: &Identity, s: &mut Splice<'_>) {
             .iter()
             .take_while(|r| {
                 let elem = &value[(*r).clone()];
-                NameAddr::parse(elem).and_then(|na| Uri::parse(na.uri_of(elem)).ok()).is_some_and(|u| me.is_my_uri(&u))
+                NameAddr::parse(elem)
+                    .and_then(|na| Uri::parse(na.uri_of(elem)).ok())
+                    .is_some_and(|u| me.is_my_uri(&u))
             })
             .count();
         if mine == parts.len() {
@@ -99,11 +122,15 @@ fn pop_my_routes(msg: &Message<'_>, me: &Identity, s: &mut Splice<'_>) {
 
 /// True when the first Route of `msg` points at this proxy.
 pub fn routed_to_me(msg: &Message<'_>, me: &Identity) -> bool {
-    let Some(h) = msg.first(HeaderName::Route) else { return false };
+    let Some(h) = msg.first(HeaderName::Route) else {
+        return false;
+    };
     let value = msg.bytes(h.value);
     split_list(value).first().is_some_and(|r| {
         let elem = &value[r.clone()];
-        NameAddr::parse(elem).and_then(|na| Uri::parse(na.uri_of(elem)).ok()).is_some_and(|u| me.is_my_uri(&u))
+        NameAddr::parse(elem)
+            .and_then(|na| Uri::parse(na.uri_of(elem)).ok())
+            .is_some_and(|u| me.is_my_uri(&u))
     })
 }
 
@@ -156,7 +183,16 @@ v=0\r\ntrailing-garbage";
     fn forwards_with_only_proxy_edits() {
         let m = parse(INVITE.as_bytes()).unwrap();
         let src = Peer::udp("192.0.2.10:5999".parse().unwrap());
-        let (out, reply_to) = request(&m, src, &me(), &RequestEdits { out: Transport::Udp, branch: b"z9hG4bKslX", record_route: true });
+        let (out, reply_to) = request(
+            &m,
+            src,
+            &me(),
+            &RequestEdits {
+                out: Transport::Udp,
+                branch: b"z9hG4bKslX",
+                record_route: true,
+            },
+        );
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -175,7 +211,10 @@ Content-Length: 4\r\n\
 \r\n\
 v=0\r"
         );
-        assert_eq!(reply_to, Some(Peer::udp("192.0.2.10:5999".parse().unwrap())));
+        assert_eq!(
+            reply_to,
+            Some(Peer::udp("192.0.2.10:5999".parse().unwrap()))
+        );
     }
 
     #[test]
@@ -183,7 +222,16 @@ v=0\r"
         let raw = "MESSAGE sip:1@h SIP/2.0\nv: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1\nf: <sip:a@x>;tag=f\nt: <sip:1@x>\ni: c\nCSeq: 1 MESSAGE\n\nhello";
         let m = parse(raw.as_bytes()).unwrap();
         let src = Peer::udp("192.0.2.10:5060".parse().unwrap());
-        let (out, _) = request(&m, src, &me(), &RequestEdits { out: Transport::Tcp, branch: b"b", record_route: true });
+        let (out, _) = request(
+            &m,
+            src,
+            &me(),
+            &RequestEdits {
+                out: Transport::Tcp,
+                branch: b"b",
+                record_route: true,
+            },
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Record-Route: <sip:127.0.0.1:5060;transport=tcp;lr>\nRecord-Route: <sip:127.0.0.1:5060;lr>\n"), "{text}");
         assert!(text.contains("Max-Forwards: 70\n"));
@@ -195,6 +243,9 @@ v=0\r"
     fn response_loses_only_the_top_via() {
         let raw = "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKslX, SIP/2.0/UDP 10.1.1.1;branch=z9hG4bK1\r\nCall-ID: c\r\nContent-Length: 0\r\n\r\n";
         let out = response(&parse(raw.as_bytes()).unwrap());
-        assert_eq!(String::from_utf8(out).unwrap(), "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP 10.1.1.1;branch=z9hG4bK1\r\nCall-ID: c\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP 10.1.1.1;branch=z9hG4bK1\r\nCall-ID: c\r\nContent-Length: 0\r\n\r\n"
+        );
     }
 }

@@ -27,7 +27,12 @@ impl Identity {
         ports.extend(config.advertise.port);
         ports.sort_unstable();
         ports.dedup();
-        Self { udp_sent_by: config.sent_by(Transport::Udp), tcp_sent_by: config.sent_by(Transport::Tcp), hosts, ports }
+        Self {
+            udp_sent_by: config.sent_by(Transport::Udp),
+            tcp_sent_by: config.sent_by(Transport::Tcp),
+            hosts,
+            ports,
+        }
     }
 
     /// host:port for this proxy's Via on a leg of `transport`.
@@ -48,7 +53,11 @@ impl Identity {
 
     pub fn is_me(&self, host: &[u8], port: Option<u16>) -> bool {
         let port = port.unwrap_or(5060);
-        self.ports.contains(&port) && self.hosts.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(host))
+        self.ports.contains(&port)
+            && self
+                .hosts
+                .iter()
+                .any(|h| h.as_bytes().eq_ignore_ascii_case(host))
     }
 
     pub fn is_my_uri(&self, uri: &Uri<'_>) -> bool {

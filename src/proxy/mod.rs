@@ -15,8 +15,8 @@ mod request;
 mod response;
 pub mod sanity;
 pub mod stamp;
-pub mod timer;
 mod timeouts;
+pub mod timer;
 pub mod transaction;
 
 use std::collections::HashMap;
@@ -41,7 +41,11 @@ pub enum Action {
     /// Send `data` to `to`. `tx` names the transaction a request belongs to, so a transport
     /// that cannot deliver it (TCP connect refused) can report back with
     /// [`Proxy::on_send_failed`].
-    Send { to: Peer, data: Bytes, tx: Option<TxId> },
+    Send {
+        to: Peer,
+        data: Bytes,
+        tx: Option<TxId>,
+    },
 }
 
 /// Upper bounds on state, so a flood cannot grow memory without limit. Past them new
@@ -108,7 +112,10 @@ impl Proxy {
             }
             return;
         }
-        if bytes.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0)) {
+        if bytes
+            .iter()
+            .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
+        {
             return; // keep-alive
         }
         let msg = match crate::sip::parse(bytes) {
@@ -154,7 +161,10 @@ impl Proxy {
 
     /// Calls (dialogs) the proxy tracks, early or confirmed.
     pub fn active_calls(&self) -> usize {
-        self.dialogs.values().filter(|d| d.phase != dialog::Phase::Ending).count()
+        self.dialogs
+            .values()
+            .filter(|d| d.phase != dialog::Phase::Ending)
+            .count()
     }
 
     pub fn transactions(&self) -> usize {
@@ -177,26 +187,59 @@ impl Proxy {
     }
 
     fn send(&self, out: &mut Vec<Action>, to: Peer, data: Bytes, tx: Option<TxId>, request: bool) {
-        Stats::bump(if request { &self.stats.requests_out } else { &self.stats.responses_out });
+        Stats::bump(if request {
+            &self.stats.requests_out
+        } else {
+            &self.stats.responses_out
+        });
         out.push(Action::Send { to, data, tx });
     }
 
-    /// Answers a request itself (the one reply builder). Returns the bytes sent, or `None`
-    /// when the request's Via gives no way back.
+    /// Answers a request itself (the one reply builder). A final answer gets a To tag derived
+    /// from the request, so a retransmitted request gets the identical answer. Returns the
+    /// bytes sent, or `None` when the request's Via gives no way back.
     fn reply(
         &self,
         msg: &Message<'_>,
         source: Peer,
-        status: u16,
-        reason: &str,
-        to_tag: Option<&[u8]>,
+        answer: Answer<'_>,
         extra: &[(&str, &[u8])],
         out: &mut Vec<Action>,
     ) -> Option<Bytes> {
         let mut splice = Splice::new(msg.buf);
         let to = stamp::stamp(msg, source, &mut splice)?;
-        let data = Bytes::from(reply::response(msg, &mut splice, status, reason, to_tag, extra));
+        let tag = self.tag_for(msg);
+        let data = Bytes::from(reply::response(
+            msg,
+            &mut splice,
+            answer.status,
+            answer.reason,
+            Some(&tag),
+            extra,
+        ));
         self.send(out, to, data.clone(), None, false);
         Some(data)
+    }
+
+    /// The To tag the proxy uses when it answers `msg` itself: stable per Call-ID and CSeq.
+    fn tag_for(&self, msg: &Message<'_>) -> Vec<u8> {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        msg.call_id().hash(&mut h);
+        msg.cseq().map(|(n, _)| n).hash(&mut h);
+        branch::token(self.seed, h.finish())
+    }
+}
+
+/// A status line the proxy answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer<'a> {
+    pub status: u16,
+    pub reason: &'a str,
+}
+
+impl<'a> Answer<'a> {
+    pub const fn new(status: u16, reason: &'a str) -> Self {
+        Self { status, reason }
     }
 }

@@ -10,24 +10,38 @@ use super::forward::{self, RequestEdits};
 use super::sanity::{self, Refusal};
 use super::timer::{LINGER, T1, Timer};
 use super::transaction::{Branch, ClientState, Failure, ServerState, Tx, TxId};
-use super::{Action, MAX_DIALOGS, MAX_TRANSACTIONS, Proxy, branch};
+use super::{Action, Answer, MAX_DIALOGS, MAX_TRANSACTIONS, Proxy, branch};
 use crate::peer::{Peer, Transport};
 use crate::sip::uri::{Uri, dialed_number};
 use crate::sip::{HeaderName, Message, Method, via};
 use crate::stats::Stats;
 
 /// What the proxy allows in `Allow` when it answers OPTIONS itself.
-const ALLOW: &[u8] = b"INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, INFO, REFER, NOTIFY, MESSAGE";
+const ALLOW: &[u8] =
+    b"INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, INFO, REFER, NOTIFY, MESSAGE";
 
 impl Proxy {
-    pub(super) fn on_request(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
+    pub(super) fn on_request(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(e) = &msg.start_error {
+            let refusal = match e {
+                crate::sip::ParseError::Version => Answer::new(505, "Version Not Supported"),
+                _ => Answer::new(400, "Malformed Request-Line"),
+            };
+            return self.refuse_malformed(now, source, msg, refusal, out);
+        }
         if let Some(e) = &msg.body_error {
             let reason = match e {
                 crate::sip::ParseError::DuplicateContentLength => "Duplicate Content-Length",
                 crate::sip::ParseError::BodyTruncated => "Body Shorter Than Content-Length",
                 _ => "Bad Content-Length",
             };
-            return self.refuse_malformed(now, source, msg, Refusal { status: 400, reason }, out);
+            return self.refuse_malformed(now, source, msg, Answer::new(400, reason), out);
         }
         if let Err(refusal) = sanity::check_request(msg) {
             return self.refuse_malformed(now, source, msg, refusal, out);
@@ -47,24 +61,32 @@ impl Proxy {
         let to_me = uri.as_ref().is_some_and(|u| self.me.is_my_uri(u));
         if method == Method::Options && to_me && msg.tag(HeaderName::To).is_none() {
             // A health ping from a peer (RFC 3261 §11): answered here, never forwarded.
-            let tag = self.tag();
-            self.reply(msg, source, 200, "OK", Some(&tag), &[("Allow", ALLOW), ("Accept", b"application/sdp")], out);
+            self.reply(
+                msg,
+                source,
+                Answer::new(200, "OK"),
+                &[("Allow", ALLOW), ("Accept", b"application/sdp")],
+                out,
+            );
             return;
         }
         if max_forwards == Some(0) {
-            let tag = self.tag();
-            self.reply(msg, source, 483, "Too Many Hops", Some(&tag), &[], out);
+            self.reply(msg, source, Answer::new(483, "Too Many Hops"), &[], out);
             return;
         }
         if self.is_loop(msg) {
             Stats::bump(&self.stats.loops);
-            let tag = self.tag();
-            self.reply(msg, source, 482, "Loop Detected", Some(&tag), &[], out);
+            self.reply(msg, source, Answer::new(482, "Loop Detected"), &[], out);
             return;
         }
         if self.txs.len() >= MAX_TRANSACTIONS {
-            let tag = self.tag();
-            self.reply(msg, source, 503, "Server Overloaded", Some(&tag), &[("Retry-After", b"5")], out);
+            self.reply(
+                msg,
+                source,
+                Answer::new(503, "Server Overloaded"),
+                &[("Retry-After", b"5")],
+                out,
+            );
             return;
         }
         match msg.tag(HeaderName::To) {
@@ -74,7 +96,14 @@ impl Proxy {
     }
 
     /// A request the proxy cannot act on: `400`/`416` if it can be answered, else dropped.
-    fn refuse_malformed(&mut self, now: Instant, source: Peer, msg: &Message<'_>, refusal: Refusal, out: &mut Vec<Action>) {
+    fn refuse_malformed(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        refusal: Refusal,
+        out: &mut Vec<Action>,
+    ) {
         self.stats.malformed(source.transport);
         if self.warn.allow(now) {
             tracing::warn!(
@@ -87,61 +116,97 @@ impl Proxy {
             );
         }
         if sanity::answerable(msg) && msg.method() != Some(Method::Ack) {
-            let tag = self.tag();
-            self.reply(msg, source, refusal.status, refusal.reason, Some(&tag), &[], out);
+            self.reply(msg, source, refusal, &[], out);
         }
     }
 
     /// An initial request (no To tag): routed by the Request-URI user through the route table.
-    fn initial(&mut self, now: Instant, source: Peer, msg: &Message<'_>, uri: Option<Uri<'_>>, key: Vec<u8>, out: &mut Vec<Action>) {
+    fn initial(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        uri: Option<Uri<'_>>,
+        key: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
         let method = msg.method().unwrap_or(Method::Other);
         let call_id = msg.call_id().unwrap_or_default();
         if method == Method::Invite && self.draining {
             Stats::bump(&self.stats.calls_refused_draining);
-            let tag = self.tag();
             let retry = self.config.overflow.retry_after.max(1).to_string();
             match self.config.overflow.redirect.first() {
                 Some(_) => {
                     let contacts = self.config.overflow.redirect.join(", ");
-                    self.reply(msg, source, 302, "Moved Temporarily", Some(&tag), &[("Contact", contacts.as_bytes())], out);
+                    self.reply(
+                        msg,
+                        source,
+                        Answer::new(302, "Moved Temporarily"),
+                        &[("Contact", contacts.as_bytes())],
+                        out,
+                    );
                 }
                 None => {
-                    self.reply(msg, source, 503, "Service Unavailable", Some(&tag), &[("Retry-After", retry.as_bytes())], out);
+                    self.reply(
+                        msg,
+                        source,
+                        Answer::new(503, "Service Unavailable"),
+                        &[("Retry-After", retry.as_bytes())],
+                        out,
+                    );
                 }
             }
             return;
         }
-        let number = uri.as_ref().and_then(|u| u.user).map(dialed_number).unwrap_or_default();
+        let number = uri
+            .as_ref()
+            .and_then(|u| u.user)
+            .map(dialed_number)
+            .unwrap_or_default();
         let targets: Vec<Peer> = match self.config.routes.lookup(number) {
             Some((_, route)) => route
                 .carriers
                 .iter()
                 .flat_map(|&c| self.config.carriers[c].gateways.iter())
-                .map(|g| Peer { transport: g.transport, addr: g.addr, conn: None })
+                .map(|g| Peer {
+                    transport: g.transport,
+                    addr: g.addr,
+                    conn: None,
+                })
                 .collect(),
             None => Vec::new(),
         };
         if targets.is_empty() {
             Stats::bump(&self.stats.calls_no_route);
             tracing::debug!(event = "call.no_route", call_id = %String::from_utf8_lossy(call_id), number = %String::from_utf8_lossy(number), "no route");
-            let tag = self.tag();
-            self.reply(msg, source, 404, "Not Found", Some(&tag), &[], out);
+            self.reply(msg, source, Answer::new(404, "Not Found"), &[], out);
             return;
         }
         let creates_dialog = method == Method::Invite;
         if creates_dialog && self.dialogs.len() >= MAX_DIALOGS {
-            let tag = self.tag();
-            self.reply(msg, source, 503, "Server Overloaded", Some(&tag), &[("Retry-After", b"5")], out);
+            self.reply(
+                msg,
+                source,
+                Answer::new(503, "Server Overloaded"),
+                &[("Retry-After", b"5")],
+                out,
+            );
             return;
         }
         if creates_dialog {
             Stats::bump(&self.stats.calls_admitted);
         }
-        let Some(id) = self.open_tx(now, source, msg, key, targets, creates_dialog, out) else { return };
+        let Some(id) = self.open_tx(now, source, msg, key, targets, creates_dialog, out) else {
+            return;
+        };
         if creates_dialog {
             let from_tag = Bytes::copy_from_slice(msg.tag(HeaderName::From).unwrap_or_default());
             let generation = self.next_seq();
-            let first_target = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map(|b| b.target);
+            let first_target = self
+                .txs
+                .get(&id)
+                .and_then(|t| t.branch.as_ref())
+                .map(|b| b.target);
             let dialog = Dialog {
                 caller_tag: from_tag,
                 callee_tag: None,
@@ -151,7 +216,10 @@ impl Proxy {
                 generation,
             };
             let call_id = Bytes::copy_from_slice(call_id);
-            self.timers.at(now + self.config.limits.max_call, Timer::DialogExpiry(call_id.to_vec(), generation));
+            self.timers.at(
+                now + self.config.limits.max_call,
+                Timer::DialogExpiry(call_id.to_vec(), generation),
+            );
             self.dialogs.insert(call_id, dialog);
             tracing::debug!(event = "call.forwarded", call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), source = %source, "INVITE forwarded");
         }
@@ -159,7 +227,15 @@ impl Proxy {
 
     /// A request inside a dialog the proxy tracks: sent to the other side's peer. Anything
     /// claiming a dialog the proxy does not know gets `481` and goes nowhere (no open relay).
-    fn in_dialog(&mut self, now: Instant, source: Peer, msg: &Message<'_>, to_tag: &[u8], key: Vec<u8>, out: &mut Vec<Action>) {
+    fn in_dialog(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        to_tag: &[u8],
+        key: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
         let call_id = msg.call_id().unwrap_or_default();
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let method = msg.method().unwrap_or(Method::Other);
@@ -177,7 +253,10 @@ impl Proxy {
             dialog.phase = Phase::Ending;
             dialog.generation += 1;
             let generation = dialog.generation;
-            self.timers.at(now + LINGER, Timer::DialogExpiry(call_id.to_vec(), generation));
+            self.timers.at(
+                now + LINGER,
+                Timer::DialogExpiry(call_id.to_vec(), generation),
+            );
             tracing::debug!(event = "call.ended", call_id = %String::from_utf8_lossy(call_id), by = ?direction, "BYE");
         }
         self.open_tx(now, source, msg, key, vec![target], false, out);
@@ -188,7 +267,13 @@ impl Proxy {
         if self.warn.allow(now) {
             tracing::info!(event = "sip.no_dialog", source = %source, call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), "in-dialog request for an unknown dialog");
         }
-        self.reply(msg, source, 481, "Call/Transaction Does Not Exist", None, &[], out);
+        self.reply(
+            msg,
+            source,
+            Answer::new(481, "Call/Transaction Does Not Exist"),
+            &[],
+            out,
+        );
     }
 
     /// Creates the transaction for a request and sends it on its first branch. INVITEs get
@@ -219,7 +304,7 @@ impl Proxy {
             server: ServerState::Proceeding,
             last_response: None,
             final_interval: T1,
-            to_tag: self.tag(),
+            to_tag: self.tag_for(msg),
             branch: None,
             remaining: targets,
             cancelled: false,
@@ -229,7 +314,14 @@ impl Proxy {
         };
         tx.remaining.reverse(); // popped from the back, tried in configured order
         if is_invite {
-            let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
+            let trying = Bytes::from(crate::sip::reply::response(
+                msg,
+                &mut splice,
+                100,
+                "Trying",
+                None,
+                &[],
+            ));
             self.send(out, reply_to, trying.clone(), None, false);
             tx.last_response = Some(trying);
         }
@@ -240,18 +332,37 @@ impl Proxy {
     }
 
     /// Sends the request on the next untried target. Returns false when none is left.
-    pub(super) fn next_branch(&mut self, now: Instant, id: TxId, msg: &Message<'_>, out: &mut Vec<Action>) -> bool {
+    pub(super) fn next_branch(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        msg: &Message<'_>,
+        out: &mut Vec<Action>,
+    ) -> bool {
         let seq = self.next_seq();
         let hash = branch::loop_hash(msg);
-        let Some(tx) = self.txs.get_mut(&id) else { return false };
-        let Some(target) = tx.remaining.pop() else { return false };
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return false;
+        };
+        let Some(target) = tx.remaining.pop() else {
+            return false;
+        };
         if let Some(old) = tx.branch.take() {
             self.by_branch.remove(&old.id);
         }
         let branch_id = branch::make(hash, seq);
         let record_route = tx.creates_dialog;
         let source = tx.source;
-        let (data, _) = forward::request(msg, source, &self.me, &RequestEdits { out: target.transport, branch: &branch_id, record_route });
+        let (data, _) = forward::request(
+            msg,
+            source,
+            &self.me,
+            &RequestEdits {
+                out: target.transport,
+                branch: &branch_id,
+                record_route,
+            },
+        );
         let data = Bytes::from(data);
         let number = seq as u32;
         tx.branch = Some(Branch {
@@ -267,7 +378,10 @@ impl Proxy {
         if target.transport == Transport::Udp {
             self.timers.at(now + T1, Timer::Retransmit(id, number));
         }
-        self.timers.at(now + self.config.gateway_timeout, Timer::NoAnswer(id, number));
+        self.timers.at(
+            now + self.config.gateway_timeout,
+            Timer::NoAnswer(id, number),
+        );
         if let Some(d) = self.dialogs.get_mut(&tx.call_id) {
             if tx.creates_dialog && d.phase == Phase::Early {
                 d.callee = target;
@@ -297,7 +411,11 @@ impl Proxy {
             if let Some(tx) = self.txs.get_mut(&id) {
                 if tx.server == ServerState::Completed {
                     tx.server = ServerState::Confirmed;
-                    let linger = if tx.reply_to.transport == Transport::Udp { super::timer::T4 } else { std::time::Duration::ZERO };
+                    let linger = if tx.reply_to.transport == Transport::Udp {
+                        super::timer::T4
+                    } else {
+                        std::time::Duration::ZERO
+                    };
                     self.timers.at(now + linger, Timer::Forget(id));
                 }
                 if tx.server != ServerState::Accepted {
@@ -321,7 +439,16 @@ impl Proxy {
         };
         let seq = self.next_seq();
         let branch_id = branch::make(branch::loop_hash(msg), seq);
-        let (data, _) = forward::request(msg, source, &self.me, &RequestEdits { out: target.transport, branch: &branch_id, record_route: false });
+        let (data, _) = forward::request(
+            msg,
+            source,
+            &self.me,
+            &RequestEdits {
+                out: target.transport,
+                branch: &branch_id,
+                record_route: false,
+            },
+        );
         self.send(out, target, Bytes::from(data), None, true);
     }
 
@@ -330,18 +457,28 @@ impl Proxy {
     fn on_cancel(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
         let key = server_key(msg, Some(b"INVITE"));
         let Some(&id) = self.by_server.get(&key) else {
-            self.reply(msg, source, 481, "Call/Transaction Does Not Exist", None, &[], out);
+            self.reply(
+                msg,
+                source,
+                Answer::new(481, "Call/Transaction Does Not Exist"),
+                &[],
+                out,
+            );
             return;
         };
-        let tag = self.txs.get(&id).map(|t| t.to_tag.clone()).unwrap_or_default();
-        self.reply(msg, source, 200, "OK", Some(&tag), &[], out);
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+        self.reply(msg, source, Answer::new(200, "OK"), &[], out);
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         if tx.final_sent() || tx.cancelled {
             return;
         }
         tx.cancelled = true;
         tracing::debug!(event = "call.cancelled", call_id = %String::from_utf8_lossy(&tx.call_id), "CANCEL");
-        let provisional = tx.branch.as_ref().is_some_and(|b| b.state == ClientState::Proceeding);
+        let provisional = tx
+            .branch
+            .as_ref()
+            .is_some_and(|b| b.state == ClientState::Proceeding);
         if provisional {
             self.send_cancel(now, id, out);
         }
@@ -349,11 +486,15 @@ impl Proxy {
 
     /// Sends CANCEL on the transaction's current branch.
     pub(super) fn send_cancel(&mut self, now: Instant, id: TxId, out: &mut Vec<Action>) {
-        let Some(branch) = self.txs.get_mut(&id).and_then(|t| t.branch.as_mut()) else { return };
+        let Some(branch) = self.txs.get_mut(&id).and_then(|t| t.branch.as_mut()) else {
+            return;
+        };
         if branch.cancel.is_some() {
             return;
         }
-        let Ok(fwd) = crate::sip::parse(&branch.request) else { return };
+        let Ok(fwd) = crate::sip::parse(&branch.request) else {
+            return;
+        };
         let cancel = Bytes::from(crate::sip::reply::hop_request(&fwd, "CANCEL", None));
         branch.cancel = Some(cancel.clone());
         branch.interval = T1;
@@ -369,7 +510,9 @@ impl Proxy {
     fn is_loop(&self, msg: &Message<'_>) -> bool {
         let mut hash = None;
         for h in msg.all(HeaderName::Via) {
-            let Some(vias) = via::parse_all(msg.bytes(h.value)) else { continue };
+            let Some(vias) = via::parse_all(msg.bytes(h.value)) else {
+                continue;
+            };
             for v in vias {
                 if !self.me.is_my_via(v.host, v.port) {
                     continue;
@@ -383,10 +526,6 @@ impl Proxy {
         }
         false
     }
-
-    pub(super) fn tag(&self) -> Vec<u8> {
-        branch::token(self.seed, self.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.txs.len() as u64)
-    }
 }
 
 /// The server transaction key (RFC 3261 §17.2.3): branch, sent-by and method (ACK and CANCEL
@@ -397,7 +536,11 @@ pub(super) fn server_key(msg: &Message<'_>, method: Option<&[u8]>) -> Vec<u8> {
     let mut key = Vec::with_capacity(96);
     let top = msg.first(HeaderName::Via);
     let parsed = top.and_then(|h| via::parse_first(msg.bytes(h.value)));
-    match parsed.as_ref().and_then(|v| v.branch.filter(|b| b.starts_with(via::MAGIC_COOKIE) && b.len() > via::MAGIC_COOKIE.len()).map(|b| (v, b))) {
+    match parsed.as_ref().and_then(|v| {
+        v.branch
+            .filter(|b| b.starts_with(via::MAGIC_COOKIE) && b.len() > via::MAGIC_COOKIE.len())
+            .map(|b| (v, b))
+    }) {
         Some((v, b)) => {
             key.extend_from_slice(b);
             key.push(b'|');

@@ -15,9 +15,17 @@ use crate::sip::{HeaderName, Message, via};
 use crate::stats::Stats;
 
 impl Proxy {
-    pub(super) fn on_response(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
+    pub(super) fn on_response(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        out: &mut Vec<Action>,
+    ) {
         let status = msg.status().unwrap_or(0);
-        let top = msg.first(HeaderName::Via).and_then(|h| via::parse_first(msg.bytes(h.value)));
+        let top = msg
+            .first(HeaderName::Via)
+            .and_then(|h| via::parse_first(msg.bytes(h.value)));
         let Some(top) = top.filter(|v| self.me.is_my_via(v.host, v.port)) else {
             return self.stray(now, source, msg, "response whose top Via is not ours");
         };
@@ -27,7 +35,10 @@ impl Proxy {
         let id = top.branch.and_then(|b| self.by_branch.get(b).copied());
         if cseq_method == b"CANCEL" {
             // The gateway's answer to our CANCEL: stop retransmitting it.
-            if let Some(branch) = id.and_then(|id| self.txs.get_mut(&id)).and_then(|t| t.branch.as_mut()) {
+            if let Some(branch) = id
+                .and_then(|id| self.txs.get_mut(&id))
+                .and_then(|t| t.branch.as_mut())
+            {
                 if status >= 200 {
                     branch.cancel = Some(Bytes::new());
                 }
@@ -48,9 +59,20 @@ impl Proxy {
         }
     }
 
-    fn provisional(&mut self, now: Instant, id: TxId, status: u16, msg: &Message<'_>, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
-        let Some(branch) = tx.branch.as_mut() else { return };
+    fn provisional(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        status: u16,
+        msg: &Message<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        let Some(branch) = tx.branch.as_mut() else {
+            return;
+        };
         if branch.state == ClientState::Done {
             return;
         }
@@ -73,7 +95,9 @@ impl Proxy {
     }
 
     fn success(&mut self, now: Instant, id: TxId, msg: &Message<'_>, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         let data = Bytes::from(forward::response(msg));
         let to = tx.reply_to;
         let first = tx.server == ServerState::Proceeding;
@@ -81,10 +105,18 @@ impl Proxy {
             b.state = ClientState::Done;
         }
         if first {
-            tx.server = if tx.is_invite { ServerState::Accepted } else { ServerState::Completed };
+            tx.server = if tx.is_invite {
+                ServerState::Accepted
+            } else {
+                ServerState::Completed
+            };
             tx.last_response = Some(data.clone());
             tx.request = Bytes::new();
-            let linger = if tx.is_invite || to.transport == Transport::Udp { LINGER } else { std::time::Duration::ZERO };
+            let linger = if tx.is_invite || to.transport == Transport::Udp {
+                LINGER
+            } else {
+                std::time::Duration::ZERO
+            };
             self.timers.at(now + linger, Timer::Forget(id));
             if tx.is_invite && tx.creates_dialog {
                 let callee = tx.branch.as_ref().map(|b| b.target);
@@ -100,10 +132,18 @@ impl Proxy {
         }
     }
 
-    fn confirm_dialog(&mut self, now: Instant, call_id: &Bytes, to_tag: Option<Bytes>, callee: Option<Peer>) {
+    fn confirm_dialog(
+        &mut self,
+        now: Instant,
+        call_id: &Bytes,
+        to_tag: Option<Bytes>,
+        callee: Option<Peer>,
+    ) {
         let max_call = self.config.limits.max_call;
         let generation = self.next_seq();
-        let Some(d) = self.dialogs.get_mut(call_id) else { return };
+        let Some(d) = self.dialogs.get_mut(call_id) else {
+            return;
+        };
         if d.phase != Phase::Early {
             return;
         }
@@ -113,21 +153,38 @@ impl Proxy {
             d.callee = c;
         }
         d.generation = generation;
-        self.timers.at(now + max_call, Timer::DialogExpiry(call_id.to_vec(), generation));
+        self.timers.at(
+            now + max_call,
+            Timer::DialogExpiry(call_id.to_vec(), generation),
+        );
         tracing::debug!(event = "call.answered", call_id = %String::from_utf8_lossy(call_id), "2xx");
     }
 
-    fn failure(&mut self, now: Instant, id: TxId, status: u16, msg: &Message<'_>, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
-        let Some(branch) = tx.branch.as_mut() else { return };
+    fn failure(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        status: u16,
+        msg: &Message<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        let Some(branch) = tx.branch.as_mut() else {
+            return;
+        };
         let retransmission = branch.state == ClientState::Done;
         branch.state = ClientState::Done;
         // The proxy ACKs a non-2xx itself, hop by hop (RFC 3261 §17.1.1.3).
         let ack = if tx.is_invite {
             let to_line = msg.first(HeaderName::To).map(|h| h.line.of(msg.buf));
-            crate::sip::parse(&branch.request)
-                .ok()
-                .map(|fwd| (branch.target, Bytes::from(crate::sip::reply::hop_request(&fwd, "ACK", to_line))))
+            crate::sip::parse(&branch.request).ok().map(|fwd| {
+                (
+                    branch.target,
+                    Bytes::from(crate::sip::reply::hop_request(&fwd, "ACK", to_line)),
+                )
+            })
         } else {
             None
         };
@@ -138,7 +195,9 @@ impl Proxy {
         if done {
             return;
         }
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         let failover = (500..600).contains(&status) || status == 408;
         if failover && !tx.cancelled && !tx.remaining.is_empty() {
             tracing::info!(
@@ -160,8 +219,16 @@ impl Proxy {
 
     /// Sends a final non-2xx upstream and moves the server side to Completed: retransmitted
     /// over UDP until the caller's ACK (Timer G), forgotten after Timer H. Ends the call.
-    pub(super) fn finish_with(&mut self, now: Instant, id: TxId, data: Bytes, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+    pub(super) fn finish_with(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        data: Bytes,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         tx.server = ServerState::Completed;
         tx.last_response = Some(data.clone());
         tx.request = Bytes::new();
@@ -172,7 +239,11 @@ impl Proxy {
             tx.final_interval = T1;
             self.timers.at(now + T1, Timer::ResendFinal(id));
         }
-        let linger = if to.transport == Transport::Udp || is_invite { LINGER } else { std::time::Duration::ZERO };
+        let linger = if to.transport == Transport::Udp || is_invite {
+            LINGER
+        } else {
+            std::time::Duration::ZERO
+        };
         self.timers.at(now + linger, Timer::Forget(id));
         if creates_dialog {
             if let Some(d) = self.dialogs.get(&call_id) {
@@ -185,16 +256,32 @@ impl Proxy {
     }
 
     /// Forwards a response with no transaction along its Via (RFC 3261 §16.7 / §18.2.2).
-    fn forward_stateless(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
-        let Some(via_h) = msg.first(HeaderName::Via) else { return };
+    fn forward_stateless(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(via_h) = msg.first(HeaderName::Via) else {
+            return;
+        };
         let all = via::parse_all(msg.bytes(via_h.value)).unwrap_or_default();
         let next = if all.len() > 1 {
             all.get(1).cloned()
         } else {
-            msg.all(HeaderName::Via).nth(1).and_then(|h| via::parse_first(msg.bytes(h.value)))
+            msg.all(HeaderName::Via)
+                .nth(1)
+                .and_then(|h| via::parse_first(msg.bytes(h.value)))
         };
         let Some(target) = next.as_ref().and_then(|v| {
-            v.response_target().map(|addr| if v.is_tcp() { Peer::tcp(addr, None) } else { Peer::udp(addr) })
+            v.response_target().map(|addr| {
+                if v.is_tcp() {
+                    Peer::tcp(addr, None)
+                } else {
+                    Peer::udp(addr)
+                }
+            })
         }) else {
             return self.stray(now, source, msg, "no Via to forward the response to");
         };

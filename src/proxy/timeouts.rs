@@ -20,7 +20,11 @@ impl Proxy {
             Timer::ResendCancel(id, n) => self.resend_cancel(now, id, n, out),
             Timer::Forget(id) => self.forget(id),
             Timer::DialogExpiry(call_id, generation) => {
-                if self.dialogs.get(&call_id[..]).is_some_and(|d| d.generation == generation) {
+                if self
+                    .dialogs
+                    .get(&call_id[..])
+                    .is_some_and(|d| d.generation == generation)
+                {
                     self.dialogs.remove(&call_id[..]);
                 }
             }
@@ -29,9 +33,13 @@ impl Proxy {
 
     /// Timers A (INVITE, doubling) and E (non-INVITE, capped at T2) over UDP.
     fn retransmit(&mut self, now: Instant, id: TxId, n: u32, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         let is_invite = tx.is_invite;
-        let Some(b) = tx.branch.as_mut().filter(|b| b.number == n) else { return };
+        let Some(b) = tx.branch.as_mut().filter(|b| b.number == n) else {
+            return;
+        };
         let keep_going = match b.state {
             ClientState::Calling => true,
             ClientState::Proceeding => !is_invite,
@@ -40,17 +48,34 @@ impl Proxy {
         if !keep_going {
             return;
         }
-        b.interval = if is_invite { b.interval * 2 } else if b.state == ClientState::Proceeding { T2 } else { (b.interval * 2).min(T2) };
+        b.interval = if is_invite {
+            b.interval * 2
+        } else if b.state == ClientState::Proceeding {
+            T2
+        } else {
+            (b.interval * 2).min(T2)
+        };
         let (target, data, next) = (b.target, b.request.clone(), now + b.interval);
         self.timers.at(next, Timer::Retransmit(id, n));
         self.send(out, target, data, Some(id), true);
     }
 
     /// Timer B/F, or a transport failure: this gateway is out; try the next or answer.
-    pub(super) fn no_answer(&mut self, now: Instant, id: TxId, n: u32, why: Failure, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+    pub(super) fn no_answer(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        n: u32,
+        why: Failure,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         let (is_invite, final_sent) = (tx.is_invite, tx.final_sent());
-        let Some(b) = tx.branch.as_mut().filter(|b| b.number == n) else { return };
+        let Some(b) = tx.branch.as_mut().filter(|b| b.number == n) else {
+            return;
+        };
         let silent = match b.state {
             ClientState::Calling => true,
             ClientState::Proceeding => !is_invite,
@@ -91,20 +116,36 @@ impl Proxy {
         if tx.creates_dialog && status == 408 {
             Stats::bump(&self.stats.calls_timeout);
         }
-        let Ok(original) = crate::sip::parse(&tx.request) else { return };
+        let Ok(original) = crate::sip::parse(&tx.request) else {
+            return;
+        };
         let mut splice = crate::sip::edit::Splice::new(original.buf);
         if super::stamp::stamp(&original, tx.source, &mut splice).is_none() {
             return;
         }
-        let data = Bytes::from(crate::sip::reply::response(&original, &mut splice, status, reason, Some(&tx.to_tag), &[]));
+        let data = Bytes::from(crate::sip::reply::response(
+            &original,
+            &mut splice,
+            status,
+            reason,
+            Some(&tx.to_tag),
+            &[],
+        ));
         self.finish_with(now, id, data, out);
     }
 
     /// Timer C: ringing without an answer for too long; cancel the branch (its 487 comes back
     /// and is forwarded), or answer 408 if the gateway ignores the CANCEL.
     fn ringing_too_long(&mut self, now: Instant, id: TxId, n: u32, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
-        if tx.final_sent() || tx.branch.as_ref().is_none_or(|b| b.number != n || b.state != ClientState::Proceeding) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        if tx.final_sent()
+            || tx
+                .branch
+                .as_ref()
+                .is_none_or(|b| b.number != n || b.state != ClientState::Proceeding)
+        {
             return;
         }
         if tx.branch.as_ref().is_some_and(|b| b.cancel.is_some()) {
@@ -123,11 +164,15 @@ impl Proxy {
 
     /// Timer G: the final non-2xx goes upstream again until the ACK arrives.
     fn resend_final(&mut self, now: Instant, id: TxId, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
         if tx.server != ServerState::Completed || tx.reply_to.transport != Transport::Udp {
             return;
         }
-        let Some(data) = tx.last_response.clone() else { return };
+        let Some(data) = tx.last_response.clone() else {
+            return;
+        };
         tx.final_interval = (tx.final_interval * 2).min(T2);
         let (to, next) = (tx.reply_to, now + tx.final_interval);
         self.timers.at(next, Timer::ResendFinal(id));
@@ -135,11 +180,20 @@ impl Proxy {
     }
 
     fn resend_cancel(&mut self, now: Instant, id: TxId, n: u32, out: &mut Vec<Action>) {
-        let Some(b) = self.txs.get_mut(&id).and_then(|t| t.branch.as_mut()).filter(|b| b.number == n) else { return };
+        let Some(b) = self
+            .txs
+            .get_mut(&id)
+            .and_then(|t| t.branch.as_mut())
+            .filter(|b| b.number == n)
+        else {
+            return;
+        };
         if b.state == ClientState::Done {
             return;
         }
-        let Some(cancel) = b.cancel.clone().filter(|c| !c.is_empty()) else { return };
+        let Some(cancel) = b.cancel.clone().filter(|c| !c.is_empty()) else {
+            return;
+        };
         b.interval = (b.interval * 2).min(T2);
         let (target, next) = (b.target, now + b.interval);
         self.timers.at(next, Timer::ResendCancel(id, n));
@@ -163,8 +217,20 @@ impl Proxy {
 
     /// The transport could not deliver a request of transaction `id` to `to` (TCP connect
     /// refused or reset): fail over at once instead of waiting for Timer B.
-    pub fn on_send_failed(&mut self, now: Instant, id: TxId, to: crate::peer::Peer, out: &mut Vec<Action>) {
-        let Some(n) = self.txs.get(&id).and_then(|t| t.branch.as_ref()).filter(|b| b.target.addr == to.addr).map(|b| b.number) else {
+    pub fn on_send_failed(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        to: crate::peer::Peer,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(n) = self
+            .txs
+            .get(&id)
+            .and_then(|t| t.branch.as_ref())
+            .filter(|b| b.target.addr == to.addr)
+            .map(|b| b.number)
+        else {
             return;
         };
         self.no_answer(now, id, n, Failure::Unreachable, out);

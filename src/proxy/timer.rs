@@ -57,7 +57,9 @@ impl Timers {
     /// Pops the next timer due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
         match self.heap.peek() {
-            Some(Reverse((when, _, _))) if *when <= now => self.heap.pop().map(|Reverse((_, _, t))| t),
+            Some(Reverse((when, _, _))) if *when <= now => {
+                self.heap.pop().map(|Reverse((_, _, t))| t)
+            }
             _ => None,
         }
     }

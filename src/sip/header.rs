@@ -64,7 +64,12 @@ impl HeaderName {
     pub fn is_single(self) -> bool {
         matches!(
             self,
-            Self::CallId | Self::From | Self::To | Self::CSeq | Self::MaxForwards | Self::ContentLength
+            Self::CallId
+                | Self::From
+                | Self::To
+                | Self::CSeq
+                | Self::MaxForwards
+                | Self::ContentLength
         )
     }
 }
@@ -80,7 +85,10 @@ mod tests {
         assert_eq!(HeaderName::classify(b"i"), HeaderName::CallId);
         assert_eq!(HeaderName::classify(b"Call-ID"), HeaderName::CallId);
         assert_eq!(HeaderName::classify(b"l"), HeaderName::ContentLength);
-        assert_eq!(HeaderName::classify(b"MaX-fOrWaRdS"), HeaderName::MaxForwards);
+        assert_eq!(
+            HeaderName::classify(b"MaX-fOrWaRdS"),
+            HeaderName::MaxForwards
+        );
         assert_eq!(HeaderName::classify(b"X-Custom"), HeaderName::Other);
         assert_eq!(HeaderName::classify(b"k"), HeaderName::Other);
     }

@@ -37,12 +37,16 @@ pub fn response(
                     out.extend_from_slice(h.line.of(req.buf));
                 }
             }
-            HeaderName::From | HeaderName::CallId | HeaderName::CSeq => out.extend_from_slice(h.line.of(req.buf)),
+            HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                out.extend_from_slice(h.line.of(req.buf))
+            }
             HeaderName::To => {
                 let has_tag = req.tag(HeaderName::To).is_some();
                 match to_tag {
                     Some(tag) if status > 100 && !has_tag => {
-                        out.extend_from_slice(&req.buf[h.line.start as usize..h.value.end as usize]);
+                        out.extend_from_slice(
+                            &req.buf[h.line.start as usize..h.value.end as usize],
+                        );
                         out.extend_from_slice(b";tag=");
                         out.extend_from_slice(tag);
                         out.extend_from_slice(&req.buf[h.value.end as usize..h.line.end as usize]);
@@ -81,14 +85,19 @@ pub fn hop_request(forwarded: &Message<'_>, method: &str, to_line: Option<&[u8]>
     out.extend_from_slice(crlf);
     if let Some(via) = forwarded.first(HeaderName::Via) {
         let value = via.value.of(forwarded.buf);
-        let first = super::params::split_list(value).into_iter().next().unwrap_or(0..value.len());
+        let first = super::params::split_list(value)
+            .into_iter()
+            .next()
+            .unwrap_or(0..value.len());
         out.extend_from_slice(b"Via: ");
         out.extend_from_slice(&value[first]);
         out.extend_from_slice(crlf);
     }
     for h in &forwarded.headers {
         match h.name {
-            HeaderName::From | HeaderName::CallId | HeaderName::Route => out.extend_from_slice(h.line.of(forwarded.buf)),
+            HeaderName::From | HeaderName::CallId | HeaderName::Route => {
+                out.extend_from_slice(h.line.of(forwarded.buf))
+            }
             HeaderName::To => match to_line {
                 Some(line) => out.extend_from_slice(line),
                 None => out.extend_from_slice(h.line.of(forwarded.buf)),
@@ -121,7 +130,14 @@ mod tests {
         let mut via = Splice::new(REQ);
         let top = m.first(HeaderName::Via).unwrap().value.end as usize;
         via.insert(top, b";received=192.0.2.1");
-        let r = response(&m, &mut via, 404, "Not Found", Some(b"xyz"), &[("Retry-After", b"1")]);
+        let r = response(
+            &m,
+            &mut via,
+            404,
+            "Not Found",
+            Some(b"xyz"),
+            &[("Retry-After", b"1")],
+        );
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("SIP/2.0 404 Not Found\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1;received=192.0.2.1\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\r\n"), "{text}");
         assert!(text.contains("To: <sip:1@h>;tag=xyz\r\n"));
@@ -138,7 +154,10 @@ mod tests {
         let m = parse(REQ).unwrap();
         let c = hop_request(&m, "CANCEL", None);
         let text = String::from_utf8(c).unwrap();
-        assert!(text.starts_with("CANCEL sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"), "{text}");
+        assert!(
+            text.starts_with("CANCEL sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Route: <sip:r;lr>\r\n"));
         assert!(text.contains("CSeq: 1 CANCEL\r\n"));
         assert!(!text.contains("z9hG4bK2"));

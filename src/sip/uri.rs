@@ -24,6 +24,8 @@ pub struct Uri<'a> {
     pub port: Option<u16>,
     /// URI parameters, from the first `;` after the host (empty if none).
     pub params: &'a [u8],
+    /// URI headers after `?` (not allowed in a Request-URI).
+    pub headers: &'a [u8],
 }
 
 /// Why a Request-URI cannot be used; [`UriError::Scheme`] maps to `416 Unsupported URI Scheme`.
@@ -54,14 +56,27 @@ impl<'a> Uri<'a> {
             if end == 0 {
                 return Err(UriError::Malformed);
             }
-            return Ok(Self { scheme, user: Some(&rest[..end]), host: b"", port: None, params: &rest[end..] });
+            return Ok(Self {
+                scheme,
+                user: Some(&rest[..end]),
+                host: b"",
+                port: None,
+                params: &rest[end..],
+                headers: b"",
+            });
         }
-        let hdrs = memchr::memchr(b'?', rest).unwrap_or(rest.len());
+        // '?' may appear in the user part (RFC 3261 user-unreserved); headers start after host.
+        let host_from = memchr::memchr(b'@', rest).map_or(0, |at| at + 1);
+        let hdrs = memchr::memchr(b'?', &rest[host_from..]).map_or(rest.len(), |q| host_from + q);
+        let headers = rest.get(hdrs + 1..).unwrap_or_default();
         let rest = &rest[..hdrs];
         let (user, hostport) = match memchr::memchr(b'@', rest) {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let user_end = userinfo.iter().position(|b| *b == b':' || *b == b';').unwrap_or(userinfo.len());
+                let user_end = userinfo
+                    .iter()
+                    .position(|b| *b == b':' || *b == b';')
+                    .unwrap_or(userinfo.len());
                 (Some(&userinfo[..user_end]), &rest[at + 1..])
             }
             None => (None, rest),
@@ -70,7 +85,10 @@ impl<'a> Uri<'a> {
             let close = memchr::memchr(b']', hostport).ok_or(UriError::Malformed)?;
             (&hostport[..=close], &hostport[close + 1..])
         } else {
-            let end = hostport.iter().position(|b| *b == b':' || *b == b';').unwrap_or(hostport.len());
+            let end = hostport
+                .iter()
+                .position(|b| *b == b':' || *b == b';')
+                .unwrap_or(hostport.len());
             (&hostport[..end], &hostport[end..])
         };
         if host.is_empty() {
@@ -78,12 +96,22 @@ impl<'a> Uri<'a> {
         }
         let (port, params) = if let Some(p) = after.strip_prefix(b":") {
             let end = p.iter().position(|b| *b == b';').unwrap_or(p.len());
-            let port = std::str::from_utf8(&p[..end]).ok().and_then(|s| s.parse::<u16>().ok()).ok_or(UriError::Malformed)?;
+            let port = std::str::from_utf8(&p[..end])
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+                .ok_or(UriError::Malformed)?;
             (Some(port), &p[end..])
         } else {
             (None, after)
         };
-        Ok(Self { scheme, user, host, port, params })
+        Ok(Self {
+            scheme,
+            user,
+            host,
+            port,
+            params,
+            headers,
+        })
     }
 
     /// The host as an IP address, if it is an IP literal (brackets stripped).
@@ -98,7 +126,10 @@ impl<'a> Uri<'a> {
 
 /// Parses an IP literal host, with or without IPv6 brackets.
 pub fn parse_host_ip(host: &[u8]) -> Option<IpAddr> {
-    let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
+    let host = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
     std::str::from_utf8(host).ok()?.parse().ok()
 }
 
@@ -126,6 +157,13 @@ mod tests {
         assert_eq!(u.host_ip(), Some("2001:db8::10".parse().unwrap()));
         assert_eq!(u.user, None);
 
+        let u = Uri::parse(
+            b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1@example.com?Route=x",
+        )
+        .unwrap();
+        assert_eq!(u.host, b"example.com");
+        assert_eq!(u.headers, b"Route=x");
+
         let u = Uri::parse(b"sip:user;par=u%40example.net@example.com").unwrap();
         assert_eq!(u.user, Some(&b"user"[..]));
         assert_eq!(u.host, b"example.com");
@@ -136,7 +174,10 @@ mod tests {
         let u = Uri::parse(b"tel:+15551230000;phone-context=x").unwrap();
         assert_eq!(u.user, Some(&b"+15551230000"[..]));
         assert_eq!(dialed_number(u.user.unwrap()), b"15551230000");
-        assert_eq!(Uri::parse(b"nobodyKnowsThisScheme:opaque"), Err(UriError::Scheme));
+        assert_eq!(
+            Uri::parse(b"nobodyKnowsThisScheme:opaque"),
+            Err(UriError::Scheme)
+        );
         assert_eq!(Uri::parse(b"sip:@"), Err(UriError::Malformed));
         assert_eq!(Uri::parse(b"sip:a@b:99999"), Err(UriError::Malformed));
     }

@@ -58,7 +58,10 @@ impl Registry {
 
     /// Sends on the named connection, else on any connection to the address, else opens one.
     pub fn send(&self, shared: &Arc<Shared>, to: Peer, data: Bytes, tx: Option<TxId>) {
-        let id = to.conn.filter(|c| self.conns.contains_key(c)).or_else(|| self.by_addr.get(&to.addr).map(|e| *e.value()));
+        let id = to
+            .conn
+            .filter(|c| self.conns.contains_key(c))
+            .or_else(|| self.by_addr.get(&to.addr).map(|e| *e.value()));
         if let Some(id) = id {
             if let Some(sender) = self.conns.get(&id) {
                 if sender.try_send(data).is_err() {
@@ -123,7 +126,12 @@ async fn run_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAd
 }
 
 /// One connection: a writer task fed by the registry, and this reader loop framing messages.
-async fn run_connection_with(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, first: Option<Bytes>) {
+async fn run_connection_with(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    first: Option<Bytes>,
+) {
     let (id, mut rx) = shared.tcp.register(remote);
     let (mut reader, mut writer) = stream.into_split();
     let writer_task = tokio::spawn(async move {

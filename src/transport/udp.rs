@@ -21,7 +21,9 @@ pub async fn serve(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             Ok((n, _)) if n > shared.max_message => Stats::bump(&shared.stats.oversize),
             Ok((n, from)) => shared.handle(Peer::udp(from), &buf[..n]),
             // ICMP port unreachable surfaces as ConnectionReset on some platforms: not fatal.
-            Err(e) => tracing::debug!(event = "transport.udp_error", error = %e, "recv_from failed"),
+            Err(e) => {
+                tracing::debug!(event = "transport.udp_error", error = %e, "recv_from failed")
+            }
         }
     }
 }
