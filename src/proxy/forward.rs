@@ -93,6 +93,20 @@ pub fn request(
     (out, reply_to)
 }
 
+/// Writes `n` in decimal; returns the length.
+fn write_u8(n: u8, out: &mut [u8; 3]) -> usize {
+    if n >= 100 {
+        *out = [b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10];
+        3
+    } else if n >= 10 {
+        out[..2].copy_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
+        2
+    } else {
+        out[0] = b'0' + n;
+        1
+    }
+}
+
 /// Removes the Route entries at the top of the route set that point at this proxy (loose
 /// routing, RFC 3261 §16.4). Stops at the first entry that is not ours.
 fn pop_my_routes(msg: &Message<'_>, me: &Identity, s: &mut Splice<'_>) {

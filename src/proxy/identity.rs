@@ -10,6 +10,8 @@ use crate::sip::uri::Uri;
 pub struct Identity {
     udp_sent_by: String,
     tcp_sent_by: String,
+    udp_record_route: String,
+    tcp_record_route: String,
     hosts: Vec<String>,
     ports: Vec<u16>,
 }
@@ -27,9 +29,15 @@ impl Identity {
         ports.extend(config.advertise.port);
         ports.sort_unstable();
         ports.dedup();
+        let (udp_sent_by, tcp_sent_by) = (
+            config.sent_by(Transport::Udp),
+            config.sent_by(Transport::Tcp),
+        );
         Self {
-            udp_sent_by: config.sent_by(Transport::Udp),
-            tcp_sent_by: config.sent_by(Transport::Tcp),
+            udp_record_route: format!("<sip:{udp_sent_by};lr>"),
+            tcp_record_route: format!("<sip:{tcp_sent_by};transport=tcp;lr>"),
+            udp_sent_by,
+            tcp_sent_by,
             hosts,
             ports,
         }
@@ -44,10 +52,10 @@ impl Identity {
     }
 
     /// The Record-Route header value facing a peer reached over `transport`.
-    pub fn record_route(&self, transport: Transport) -> String {
+    pub fn record_route(&self, transport: Transport) -> &str {
         match transport {
-            Transport::Udp => format!("<sip:{};lr>", self.udp_sent_by),
-            Transport::Tcp => format!("<sip:{};transport=tcp;lr>", self.tcp_sent_by),
+            Transport::Udp => &self.udp_record_route,
+            Transport::Tcp => &self.tcp_record_route,
         }
     }
 

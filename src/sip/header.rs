@@ -35,29 +35,37 @@ impl HeaderName {
                 _ => Self::Other,
             };
         }
-        const NAMES: [(&[u8], HeaderName); 12] = [
-            (b"via", HeaderName::Via),
-            (b"call-id", HeaderName::CallId),
-            (b"from", HeaderName::From),
-            (b"to", HeaderName::To),
-            (b"cseq", HeaderName::CSeq),
-            (b"max-forwards", HeaderName::MaxForwards),
-            (b"content-length", HeaderName::ContentLength),
-            (b"route", HeaderName::Route),
-            (b"record-route", HeaderName::RecordRoute),
-            (b"contact", HeaderName::Contact),
-            (b"authorization", HeaderName::Authorization),
-            (b"proxy-authorization", HeaderName::ProxyAuthorization),
-        ];
-        for (candidate, kind) in NAMES {
-            if candidate.eq_ignore_ascii_case(name) {
-                return kind;
-            }
+        // Dispatch on length first: most headers are rejected without a comparison.
+        let candidate: (&[u8], Self) = match name.len() {
+            2 => (b"to", Self::To),
+            3 => (b"via", Self::Via),
+            4 => match name[0] | 0x20 {
+                b'f' => (b"from", Self::From),
+                _ => (b"cseq", Self::CSeq),
+            },
+            5 => (b"route", Self::Route),
+            7 => match name[0] | 0x20 {
+                b'c' => match name[1] | 0x20 {
+                    b'a' => (b"call-id", Self::CallId),
+                    _ => (b"contact", Self::Contact),
+                },
+                _ => return Self::Other,
+            },
+            12 => match name[0] | 0x20 {
+                b'm' => (b"max-forwards", Self::MaxForwards),
+                _ => (b"record-route", Self::RecordRoute),
+            },
+            13 => (b"authorization", Self::Authorization),
+            14 => (b"content-length", Self::ContentLength),
+            15 => (b"session-expires", Self::SessionExpires),
+            19 => (b"proxy-authorization", Self::ProxyAuthorization),
+            _ => return Self::Other,
+        };
+        if candidate.0.eq_ignore_ascii_case(name) {
+            candidate.1
+        } else {
+            Self::Other
         }
-        if name.eq_ignore_ascii_case(b"session-expires") {
-            return Self::SessionExpires;
-        }
-        Self::Other
     }
 
     /// Headers that RFC 3261 allows only once per message; a second copy is a 400.

@@ -46,41 +46,49 @@ fn separators(input: &[u8], sep: u8, angles: bool) -> impl Iterator<Item = usize
 /// Iterates the parameters of `input`, which starts at (or before) the first `;`. Bytes before
 /// the first `;` are ignored.
 pub fn iter(input: &[u8]) -> impl Iterator<Item = Param<'_>> + '_ {
-    let mut cuts: Vec<usize> = separators(input, b';', false).collect();
-    cuts.push(input.len());
-    cuts.windows(2)
-        .map(move |w| {
-            let (start, end) = (w[0], w[1]);
-            let piece = &input[start + 1..end];
-            match memchr::memchr(b'=', piece) {
-                Some(eq) => {
-                    let name = trim(&piece[..eq]);
-                    let raw = &piece[eq + 1..];
-                    let lead = raw.iter().position(|b| !is_lws(*b)).unwrap_or(raw.len());
-                    let value = trim(raw);
-                    let vstart = start + 1 + eq + 1 + lead;
-                    Param {
-                        name,
-                        value: Some(value),
-                        range: start..end,
-                        value_range: Some(vstart..vstart + value.len()),
-                    }
-                }
-                None => Param {
-                    name: trim(piece),
-                    value: None,
+    let mut cuts = separators(input, b';', false)
+        .chain(std::iter::once(input.len()))
+        .peekable();
+    std::iter::from_fn(move || {
+        let start = cuts.next()?;
+        let end = *cuts.peek()?;
+        let piece = &input[start + 1..end];
+        Some(match memchr::memchr(b'=', piece) {
+            Some(eq) => {
+                let name = trim(&piece[..eq]);
+                let raw = &piece[eq + 1..];
+                let lead = raw.iter().position(|b| !is_lws(*b)).unwrap_or(raw.len());
+                let value = trim(raw);
+                let vstart = start + 1 + eq + 1 + lead;
+                Param {
+                    name,
+                    value: Some(value),
                     range: start..end,
-                    value_range: None,
-                },
+                    value_range: Some(vstart..vstart + value.len()),
+                }
             }
+            None => Param {
+                name: trim(piece),
+                value: None,
+                range: start..end,
+                value_range: None,
+            },
         })
-        .collect::<Vec<_>>()
-        .into_iter()
+    })
 }
 
 /// The first parameter named `name` (case-insensitive).
 pub fn find<'a>(input: &'a [u8], name: &[u8]) -> Option<Param<'a>> {
     iter(input).find(|p| p.name.eq_ignore_ascii_case(name))
+}
+
+/// The first element of a comma-separated header value, trimmed (no allocation).
+pub fn first_element(input: &[u8]) -> Option<Range<usize>> {
+    let cut = separators(input, b',', true).next().unwrap_or(input.len());
+    let piece = &input[..cut];
+    let lead = piece.iter().position(|b| !is_lws(*b))?;
+    let t = trim(piece);
+    Some(lead..lead + t.len())
 }
 
 /// Splits a comma-separated header value (Via, Route, Contact...) into element ranges,

@@ -64,8 +64,7 @@ pub fn parse_all(value: &[u8]) -> Option<Vec<Via<'_>>> {
 
 /// Parses the first via-parm of a Via header value (the topmost Via of a message).
 pub fn parse_first(value: &[u8]) -> Option<Via<'_>> {
-    let first = params::split_list(value).into_iter().next()?;
-    parse_one(value, first)
+    parse_one(value, params::first_element(value)?)
 }
 
 fn parse_one(value: &[u8], range: Range<usize>) -> Option<Via<'_>> {
