@@ -72,7 +72,9 @@ pub fn request(
                 .flatten()
                 .unwrap_or(70)
                 .saturating_sub(1);
-            s.replace(h.value.range(), n.to_string().as_bytes());
+            let mut digits = [0u8; 3];
+            let len = write_u8(n, &mut digits);
+            s.replace(h.value.range(), &digits[..len]);
         }
         None => s.insert_with(first_via, |out| {
             out.extend_from_slice(b"Max-Forwards: 70");
@@ -93,7 +95,7 @@ pub fn request(
     (out, reply_to)
 }
 
-/// Writes `n` in decimal; returns the length.
+/// Writes `n` in decimal without allocating; returns the length.
 fn write_u8(n: u8, out: &mut [u8; 3]) -> usize {
     if n >= 100 {
         *out = [b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10];
