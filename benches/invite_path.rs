@@ -54,10 +54,7 @@ fn per_invite(c: &mut Criterion) {
         b.iter(|| {
             let m = sluice::sip::parse(black_box(&msg)).unwrap();
             let uri = Uri::parse(m.request_uri().unwrap()).unwrap();
-            let (_, route) = config
-                .routes
-                .lookup(dialed_number(uri.user.unwrap()))
-                .unwrap();
+            let (_, route) = config.routes.lookup(dialed_number(uri.user.unwrap())).unwrap();
             let edits = RequestEdits {
                 out: Transport::Udp,
                 branch: b"z9hG4bKsl0123456789abcdef.1",

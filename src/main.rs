@@ -10,11 +10,7 @@ use sluice::server::Server;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "sluice",
-    version,
-    about = "A SIP edge proxy with built-in CPS and channel limiting"
-)]
+#[command(name = "sluice", version, about = "A SIP edge proxy with built-in CPS and channel limiting")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,10 +65,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = load(path).map_err(|_| anyhow::anyhow!("invalid configuration"))?;
     sluice::logging::init(config.log_format, &config.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let drain = config.drain;
         let server = Server::bind(config).await?;

@@ -45,19 +45,11 @@ pub struct Peer {
 
 impl Peer {
     pub fn udp(addr: SocketAddr) -> Self {
-        Self {
-            transport: Transport::Udp,
-            addr,
-            conn: None,
-        }
+        Self { transport: Transport::Udp, addr, conn: None }
     }
 
     pub fn tcp(addr: SocketAddr, conn: Option<ConnId>) -> Self {
-        Self {
-            transport: Transport::Tcp,
-            addr,
-            conn,
-        }
+        Self { transport: Transport::Tcp, addr, conn }
     }
 }
 
@@ -83,10 +75,9 @@ pub fn parse_endpoint(text: &str) -> Result<(Transport, SocketAddr), String> {
     }
     use std::net::ToSocketAddrs;
     match rest.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .map(|a| (transport, a))
-            .ok_or_else(|| format!("`{rest}` resolves to no address")),
+        Ok(mut addrs) => {
+            addrs.next().map(|a| (transport, a)).ok_or_else(|| format!("`{rest}` resolves to no address"))
+        }
         Err(e) => Err(format!("`{text}` is not HOST:PORT ({e})")),
     }
 }
@@ -101,10 +92,7 @@ mod tests {
             parse_endpoint("udp://127.0.0.1:5060"),
             Ok((Transport::Udp, "127.0.0.1:5060".parse().unwrap()))
         );
-        assert_eq!(
-            parse_endpoint("tcp://[::1]:5070"),
-            Ok((Transport::Tcp, "[::1]:5070".parse().unwrap()))
-        );
+        assert_eq!(parse_endpoint("tcp://[::1]:5070"), Ok((Transport::Tcp, "[::1]:5070".parse().unwrap())));
         assert!(parse_endpoint("tls://127.0.0.1:5061").is_err());
         assert!(parse_endpoint("udp://127.0.0.1").is_err());
     }

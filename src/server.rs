@@ -21,11 +21,7 @@ use crate::transport::{self, Shared};
 pub enum ServerError {
     /// A listen address could not be bound (in use, not local, no permission).
     #[error("cannot bind {transport}://{addr}: {source}")]
-    Bind {
-        transport: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
 }
 
 /// A bound, not yet running proxy.
@@ -57,14 +53,10 @@ impl Server {
                     addr.set_port(same_ip.addr.port());
                 }
             }
-            let err = |source| ServerError::Bind {
-                transport: l.transport.scheme(),
-                addr,
-                source,
-            };
+            let err = |source| ServerError::Bind { transport: l.transport.scheme(), addr, source };
             let actual = match l.transport {
                 Transport::Udp => {
-                    let s = UdpSocket::bind(addr).await.map_err(err)?;
+                    let s = bind_udp(addr).map_err(err)?;
                     let local = s.local_addr().map_err(err)?;
                     udp.push(Arc::new(s));
                     local
@@ -76,17 +68,10 @@ impl Server {
                     local
                 }
             };
-            bound.push(Listener {
-                transport: l.transport,
-                addr: actual,
-            });
+            bound.push(Listener { transport: l.transport, addr: actual });
         }
         config.listen = bound;
-        Ok(Self {
-            config: Arc::new(config),
-            udp,
-            tcp,
-        })
+        Ok(Self { config: Arc::new(config), udp, tcp })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -118,33 +103,40 @@ impl Server {
         for l in &self.config.listen {
             tracing::info!(event = "server.listening", transport = l.transport.scheme(), addr = %l.addr, "listening");
         }
-        Running {
-            config: self.config,
-            shared,
-            tasks,
-        }
+        Running { config: self.config, shared, tasks }
     }
+}
+
+/// Receive/send buffer asked for on UDP sockets: absorbs bursts of thousands of datagrams
+/// while the core is busy. Linux caps it at net.core.rmem_max / wmem_max.
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// Binds a UDP socket with large kernel buffers (the default ~200 KB overflows under load
+/// and turns into retransmissions).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 impl Running {
     /// The bound address of the first listener of `transport`.
     pub fn addr(&self, transport: Transport) -> Option<SocketAddr> {
-        self.config
-            .listen
-            .iter()
-            .find(|l| l.transport == transport)
-            .map(|l| l.addr)
+        self.config.listen.iter().find(|l| l.transport == transport).map(|l| l.addr)
     }
 
     /// Graceful stop: refuse new calls, let calls in progress finish for up to `drain`, then
     /// stop every task.
     pub async fn drain_and_stop(mut self, drain: Duration) {
         self.shared.core.lock().start_draining();
-        tracing::info!(
-            event = "server.draining",
-            seconds = drain.as_secs(),
-            "draining"
-        );
+        tracing::info!(event = "server.draining", seconds = drain.as_secs(), "draining");
         let deadline = tokio::time::Instant::now() + drain;
         while tokio::time::Instant::now() < deadline {
             if self.shared.core.lock().is_idle() {

@@ -9,32 +9,13 @@ use sluice::peer::Transport;
 
 /// INVITE/100/180/200/ACK/BYE/200 from `caller` to `pbx`, asserting what each side sees.
 async fn full_call(caller_tcp: bool, pbx_tcp: bool) {
-    let mut pbx = if pbx_tcp {
-        Endpoint::tcp_server().await
-    } else {
-        Endpoint::udp().await
-    };
+    let mut pbx = if pbx_tcp { Endpoint::tcp_server().await } else { Endpoint::udp().await };
     let running = start(&config_with(&[pbx.uri()], "", "")).await;
-    let proxy = running
-        .addr(if caller_tcp {
-            Transport::Tcp
-        } else {
-            Transport::Udp
-        })
-        .unwrap();
-    let mut caller = if caller_tcp {
-        Endpoint::tcp_client(proxy).await
-    } else {
-        Endpoint::udp().await
-    };
+    let proxy = running.addr(if caller_tcp { Transport::Tcp } else { Transport::Udp }).unwrap();
+    let mut caller = if caller_tcp { Endpoint::tcp_client(proxy).await } else { Endpoint::udp().await };
     let call_id = format!("full-{caller_tcp}-{pbx_tcp}");
 
-    caller
-        .send(
-            proxy,
-            invite(&caller, &call_id, "inv1", "15551230000", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, &call_id, "inv1", "15551230000", proxy).as_bytes()).await;
     let (trying, _) = caller.expect("SIP/2.0 ").await;
     assert_eq!(status(&trying), 100, "100 Trying comes first, at once");
 
@@ -42,20 +23,12 @@ async fn full_call(caller_tcp: bool, pbx_tcp: bool) {
     let vias = headers(&inv, "Via");
     assert_eq!(vias.len(), 2, "proxy Via on top of the caller's: {inv}");
     assert!(
-        vias[0].starts_with(&format!(
-            "SIP/2.0/{} 127.0.0.1:{}",
-            pbx.via_transport(),
-            proxy.port()
-        )),
+        vias[0].starts_with(&format!("SIP/2.0/{} 127.0.0.1:{}", pbx.via_transport(), proxy.port())),
         "{}",
         vias[0]
     );
     assert!(vias[0].contains("branch=z9hG4bK"), "RFC 3261 branch");
-    assert!(
-        vias[1].contains(&format!("rport={}", caller.local.port())),
-        "rport filled in: {}",
-        vias[1]
-    );
+    assert!(vias[1].contains(&format!("rport={}", caller.local.port())), "rport filled in: {}", vias[1]);
     assert_eq!(header(&inv, "Max-Forwards"), Some("69"));
     let rr = headers(&inv, "Record-Route");
     assert_eq!(
@@ -65,22 +38,10 @@ async fn full_call(caller_tcp: bool, pbx_tcp: bool) {
     );
     assert!(rr[0].contains(";lr"));
 
-    pbx.send(
-        from_proxy,
-        respond(&inv, 180, "Ringing", Some("pbx1"), "", Some(pbx.local)).as_bytes(),
-    )
-    .await;
+    pbx.send(from_proxy, respond(&inv, 180, "Ringing", Some("pbx1"), "", Some(pbx.local)).as_bytes()).await;
     let (ringing, _) = caller.expect("SIP/2.0 180").await;
-    assert_eq!(
-        headers(&ringing, "Via").len(),
-        1,
-        "proxy Via removed on the way back"
-    );
-    pbx.send(
-        from_proxy,
-        respond(&inv, 200, "OK", Some("pbx1"), "", Some(pbx.local)).as_bytes(),
-    )
-    .await;
+    assert_eq!(headers(&ringing, "Via").len(), 1, "proxy Via removed on the way back");
+    pbx.send(from_proxy, respond(&inv, 200, "OK", Some("pbx1"), "", Some(pbx.local)).as_bytes()).await;
     let (ok, _) = caller.expect("SIP/2.0 200").await;
     assert_eq!(tag_of(header(&ok, "To").unwrap()), Some("pbx1"));
     eventually(&running, "call tracked", |p| p.active_calls() == 1).await;
@@ -92,54 +53,22 @@ async fn full_call(caller_tcp: bool, pbx_tcp: bool) {
     caller
         .send(
             proxy,
-            in_dialog(
-                "ACK",
-                &caller,
-                &target,
-                &call_id,
-                &caller_tag,
-                "pbx1",
-                1,
-                &route,
-                "ack1",
-            )
-            .as_bytes(),
+            in_dialog("ACK", &caller, &target, &call_id, &caller_tag, "pbx1", 1, &route, "ack1").as_bytes(),
         )
         .await;
     let (ack, _) = pbx.expect("ACK ").await;
-    assert!(
-        header(&ack, "Route").is_none(),
-        "the proxy pops its own Route entries"
-    );
+    assert!(header(&ack, "Route").is_none(), "the proxy pops its own Route entries");
     caller
         .send(
             proxy,
-            in_dialog(
-                "BYE",
-                &caller,
-                &target,
-                &call_id,
-                &caller_tag,
-                "pbx1",
-                2,
-                &route,
-                "bye1",
-            )
-            .as_bytes(),
+            in_dialog("BYE", &caller, &target, &call_id, &caller_tag, "pbx1", 2, &route, "bye1").as_bytes(),
         )
         .await;
     let (bye, from_proxy) = pbx.expect("BYE ").await;
-    pbx.send(
-        from_proxy,
-        respond(&bye, 200, "OK", None, "", None).as_bytes(),
-    )
-    .await;
+    pbx.send(from_proxy, respond(&bye, 200, "OK", None, "", None).as_bytes()).await;
     let (bye_ok, _) = caller.expect("SIP/2.0 200").await;
     assert!(header(&bye_ok, "CSeq").unwrap().ends_with("BYE"));
-    eventually(&running, "no active calls after BYE", |p| {
-        p.active_calls() == 0
-    })
-    .await;
+    eventually(&running, "no active calls after BYE", |p| p.active_calls() == 0).await;
     running.stop().await;
 }
 
@@ -161,30 +90,14 @@ async fn full_call_udp_caller_tcp_pbx() {
 /// Sets up an answered call and returns (running, caller, pbx, proxy addr, pbx-side proxy addr, call-id, ok).
 async fn answered_call(
     call_id: &str,
-) -> (
-    sluice::server::Running,
-    Endpoint,
-    Endpoint,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-    String,
-) {
+) -> (sluice::server::Running, Endpoint, Endpoint, std::net::SocketAddr, std::net::SocketAddr, String) {
     let mut pbx = Endpoint::udp().await;
     let running = start(&config_with(&[pbx.uri()], "", "")).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    caller
-        .send(
-            proxy,
-            invite(&caller, call_id, "i", "100", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, call_id, "i", "100", proxy).as_bytes()).await;
     let (inv, from_proxy) = pbx.expect("INVITE ").await;
-    pbx.send(
-        from_proxy,
-        respond(&inv, 200, "OK", Some("pbx1"), "", Some(pbx.local)).as_bytes(),
-    )
-    .await;
+    pbx.send(from_proxy, respond(&inv, 200, "OK", Some("pbx1"), "", Some(pbx.local)).as_bytes()).await;
     let (ok, _) = caller.expect("SIP/2.0 200").await;
     (running, caller, pbx, proxy, from_proxy, ok)
 }
@@ -211,12 +124,7 @@ async fn pbx_hangs_up() {
     let (bye_at_caller, src) = caller.expect("BYE ").await;
     assert_eq!(src, proxy, "the BYE reaches the caller through the proxy");
     assert_eq!(headers(&bye_at_caller, "Via").len(), 2);
-    caller
-        .send(
-            src,
-            respond(&bye_at_caller, 200, "OK", None, "", None).as_bytes(),
-        )
-        .await;
+    caller.send(src, respond(&bye_at_caller, 200, "OK", None, "", None).as_bytes()).await;
     let (ok_at_pbx, _) = pbx.expect("SIP/2.0 200").await;
     assert_eq!(headers(&ok_at_pbx, "Via").len(), 1);
     eventually(&running, "call ended", |p| p.active_calls() == 0).await;
@@ -231,21 +139,7 @@ async fn devices_that_ignore_record_route_are_routed_by_dialog_state() {
     let caller_tag = format!("caller-{call_id}");
     let target = format!("sip:pbx@{}", pbx.local);
     caller
-        .send(
-            proxy,
-            in_dialog(
-                "BYE",
-                &caller,
-                &target,
-                call_id,
-                &caller_tag,
-                "pbx1",
-                2,
-                &[],
-                "b",
-            )
-            .as_bytes(),
-        )
+        .send(proxy, in_dialog("BYE", &caller, &target, call_id, &caller_tag, "pbx1", 2, &[], "b").as_bytes())
         .await;
     pbx.expect("BYE ").await;
     running.stop().await;
@@ -257,24 +151,11 @@ async fn unknown_dialog_gets_481_and_goes_nowhere() {
     let running = start(&config_with(&[pbx.uri()], "", "")).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    let bye = in_dialog(
-        "BYE",
-        &caller,
-        "sip:victim@192.0.2.99",
-        "nodialog",
-        "a",
-        "b",
-        1,
-        &[],
-        "x",
-    );
+    let bye = in_dialog("BYE", &caller, "sip:victim@192.0.2.99", "nodialog", "a", "b", 1, &[], "x");
     caller.send(proxy, bye.as_bytes()).await;
     let (resp, _) = caller.expect("SIP/2.0 ").await;
     assert_eq!(status(&resp), 481);
-    assert!(
-        pbx.recv_within(Duration::from_millis(200)).await.is_none(),
-        "nothing relayed"
-    );
+    assert!(pbx.recv_within(Duration::from_millis(200)).await.is_none(), "nothing relayed");
     running.stop().await;
 }
 
@@ -288,11 +169,7 @@ async fn retransmissions_are_absorbed() {
     caller.send(proxy, inv.as_bytes()).await;
     caller.expect("SIP/2.0 100").await;
     let (pbx_inv, from_proxy) = pbx.expect("INVITE ").await;
-    pbx.send(
-        from_proxy,
-        respond(&pbx_inv, 180, "Ringing", Some("t"), "", None).as_bytes(),
-    )
-    .await;
+    pbx.send(from_proxy, respond(&pbx_inv, 180, "Ringing", Some("t"), "", None).as_bytes()).await;
     caller.expect("SIP/2.0 180").await;
     // The caller retransmits: it gets the last provisional again, the PBX sees nothing new.
     caller.send(proxy, inv.as_bytes()).await;
@@ -303,17 +180,10 @@ async fn retransmissions_are_absorbed() {
     );
 
     // A final non-2xx: retransmitted INVITE gets the final again, ACK is absorbed.
-    pbx.send(
-        from_proxy,
-        respond(&pbx_inv, 486, "Busy Here", Some("t"), "", None).as_bytes(),
-    )
-    .await;
+    pbx.send(from_proxy, respond(&pbx_inv, 486, "Busy Here", Some("t"), "", None).as_bytes()).await;
     let (busy, _) = caller.expect("SIP/2.0 486").await;
     let (proxy_ack, _) = pbx.expect("ACK ").await;
-    assert!(
-        header(&proxy_ack, "CSeq").unwrap().ends_with("ACK"),
-        "the proxy ACKs the 486 itself"
-    );
+    assert!(header(&proxy_ack, "CSeq").unwrap().ends_with("ACK"), "the proxy ACKs the 486 itself");
     caller.send(proxy, inv.as_bytes()).await;
     let (again, _) = caller.expect("SIP/2.0 486").await;
     assert_eq!(busy, again, "same final response re-sent");
@@ -336,18 +206,9 @@ async fn cancel_gets_487() {
     let running = start(&config_with(&[pbx.uri()], "", "")).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    caller
-        .send(
-            proxy,
-            invite(&caller, "cancelme", "c1", "100", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, "cancelme", "c1", "100", proxy).as_bytes()).await;
     let (inv, from_proxy) = pbx.expect("INVITE ").await;
-    pbx.send(
-        from_proxy,
-        respond(&inv, 180, "Ringing", Some("t"), "", None).as_bytes(),
-    )
-    .await;
+    pbx.send(from_proxy, respond(&inv, 180, "Ringing", Some("t"), "", None).as_bytes()).await;
     caller.expect("SIP/2.0 180").await;
     let cancel = format!(
         "CANCEL sip:100@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKc1;rport\r\nMax-Forwards: 70\r\nFrom: \"Alice\" <sip:alice@{l}>;tag=caller-cancelme\r\nTo: <sip:100@{proxy}>\r\nCall-ID: cancelme\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
@@ -363,16 +224,8 @@ async fn cancel_gets_487() {
         vec![inv_branch.as_str()],
         "CANCEL carries the INVITE's branch, only the proxy's Via"
     );
-    pbx.send(
-        from_proxy,
-        respond(&pbx_cancel, 200, "OK", Some("t"), "", None).as_bytes(),
-    )
-    .await;
-    pbx.send(
-        from_proxy,
-        respond(&inv, 487, "Request Terminated", Some("t"), "", None).as_bytes(),
-    )
-    .await;
+    pbx.send(from_proxy, respond(&pbx_cancel, 200, "OK", Some("t"), "", None).as_bytes()).await;
+    pbx.send(from_proxy, respond(&inv, 487, "Request Terminated", Some("t"), "", None).as_bytes()).await;
     let (terminated, _) = caller.expect("SIP/2.0 487").await;
     assert!(header(&terminated, "CSeq").unwrap().ends_with("INVITE"));
     pbx.expect("ACK ").await;
@@ -402,15 +255,11 @@ async fn max_forwards_zero_gets_483() {
     let running = start(&config_with(&[pbx.uri()], "", "")).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    let inv =
-        invite(&caller, "hops", "h", "100", proxy).replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let inv = invite(&caller, "hops", "h", "100", proxy).replace("Max-Forwards: 70", "Max-Forwards: 0");
     caller.send(proxy, inv.as_bytes()).await;
     let (resp, _) = caller.expect("SIP/2.0 ").await;
     assert_eq!(status(&resp), 483);
-    assert!(
-        tag_of(header(&resp, "To").unwrap()).is_some(),
-        "a final response carries a To tag"
-    );
+    assert!(tag_of(header(&resp, "To").unwrap()).is_some(), "a final response carries a To tag");
     assert!(pbx.recv_within(Duration::from_millis(200)).await.is_none());
     running.stop().await;
 }
@@ -425,9 +274,7 @@ async fn a_request_looping_through_the_proxy_gets_482() {
     let running = start(&config).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    caller
-        .send(proxy, invite(&caller, "loop", "l", "100", proxy).as_bytes())
-        .await;
+    caller.send(proxy, invite(&caller, "loop", "l", "100", proxy).as_bytes()).await;
     let (resp, _) = caller.expect("SIP/2.0 4").await;
     assert_eq!(status(&resp), 482, "{resp}");
     assert_eq!(headers(&resp, "Via").len(), 1);
@@ -441,22 +288,12 @@ async fn unrouted_number_gets_404() {
     let running = start(&config).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    caller
-        .send(
-            proxy,
-            invite(&caller, "noroute", "n", "4420", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, "noroute", "n", "4420", proxy).as_bytes()).await;
     let (resp, _) = caller.expect("SIP/2.0 ").await;
     assert_eq!(status(&resp), 404);
     assert!(pbx.recv_within(Duration::from_millis(200)).await.is_none());
     // The routed prefix still works.
-    caller
-        .send(
-            proxy,
-            invite(&caller, "routed", "m", "1555", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, "routed", "m", "1555", proxy).as_bytes()).await;
     pbx.expect("INVITE sip:1555@").await;
     running.stop().await;
 }
@@ -486,34 +323,16 @@ async fn options_to_the_proxy_itself_gets_200() {
 async fn silent_gateway_fails_over_to_the_next() {
     let mut silent = Endpoint::udp().await;
     let mut pbx = Endpoint::udp().await;
-    let running = start(&config_with(
-        &[silent.uri(), pbx.uri()],
-        "gateway_timeout_ms = 700",
-        "",
-    ))
-    .await;
+    let running = start(&config_with(&[silent.uri(), pbx.uri()], "gateway_timeout_ms = 700", "")).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    caller
-        .send(
-            proxy,
-            invite(&caller, "failover", "f", "100", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, "failover", "f", "100", proxy).as_bytes()).await;
     let (first, _) = silent.expect("INVITE ").await;
     let (retrans, _) = silent.expect("INVITE ").await;
     assert_eq!(first, retrans, "Timer A retransmits the same bytes");
     let (inv, from_proxy) = pbx.expect("INVITE ").await;
-    assert_ne!(
-        headers(&inv, "Via")[0],
-        headers(&first, "Via")[0],
-        "a new branch for the new gateway"
-    );
-    pbx.send(
-        from_proxy,
-        respond(&inv, 200, "OK", Some("t"), "", Some(pbx.local)).as_bytes(),
-    )
-    .await;
+    assert_ne!(headers(&inv, "Via")[0], headers(&first, "Via")[0], "a new branch for the new gateway");
+    pbx.send(from_proxy, respond(&inv, 200, "OK", Some("t"), "", Some(pbx.local)).as_bytes()).await;
     caller.expect("SIP/2.0 200").await;
     running.stop().await;
 }
@@ -521,20 +340,10 @@ async fn silent_gateway_fails_over_to_the_next() {
 #[tokio::test]
 async fn no_gateway_answering_gives_408() {
     let mut silent = Endpoint::udp().await;
-    let running = start(&config_with(
-        &[silent.uri()],
-        "gateway_timeout_ms = 300",
-        "",
-    ))
-    .await;
+    let running = start(&config_with(&[silent.uri()], "gateway_timeout_ms = 300", "")).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    caller
-        .send(
-            proxy,
-            invite(&caller, "timeout", "t", "100", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, "timeout", "t", "100", proxy).as_bytes()).await;
     silent.expect("INVITE ").await;
     let (resp, _) = caller.expect("SIP/2.0 4").await;
     assert_eq!(status(&resp), 408);
@@ -550,12 +359,7 @@ async fn refused_tcp_gateway_fails_over_at_once() {
     let running = start(&config_with(&gateways, "gateway_timeout_ms = 30000", "")).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut caller = Endpoint::udp().await;
-    caller
-        .send(
-            proxy,
-            invite(&caller, "refused", "r", "100", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, "refused", "r", "100", proxy).as_bytes()).await;
     // Well before the 30 s Timer B: the refused connect triggers failover.
     pbx.expect("INVITE ").await;
     running.stop().await;
@@ -568,12 +372,7 @@ async fn draining_refuses_new_invites_with_503() {
     let proxy = running.addr(Transport::Udp).unwrap();
     running.shared.core.lock().start_draining();
     let mut caller = Endpoint::udp().await;
-    caller
-        .send(
-            proxy,
-            invite(&caller, "drain", "d", "100", proxy).as_bytes(),
-        )
-        .await;
+    caller.send(proxy, invite(&caller, "drain", "d", "100", proxy).as_bytes()).await;
     let (resp, _) = caller.expect("SIP/2.0 ").await;
     assert_eq!(status(&resp), 503);
     assert!(header(&resp, "Retry-After").is_some());

@@ -11,12 +11,7 @@ use sluice::peer::Transport;
 
 /// True when sipp can run; panics under CI when it cannot.
 fn sipp_available() -> bool {
-    let ok = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
+    let ok = Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !ok {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("sipp is required under CI=true (apt-get install sip-tester)");
@@ -28,15 +23,7 @@ fn sipp_available() -> bool {
 
 /// The count SIPp reports on its "Successful call" / "Failed call" line (cumulative column).
 fn sipp_count(stdout: &str, label: &str) -> Option<u64> {
-    stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with(label))?
-        .split('|')
-        .nth(2)?
-        .trim()
-        .parse()
-        .ok()
+    stdout.lines().rev().find(|l| l.trim_start().starts_with(label))?.split('|').nth(2)?.trim().parse().ok()
 }
 
 async fn run_calls(tcp: bool, calls: u32, rate: u32) {
@@ -45,9 +32,7 @@ async fn run_calls(tcp: bool, calls: u32, rate: u32) {
     let scheme = if tcp { "tcp" } else { "udp" };
     let config = config_with(&[format!("{scheme}://127.0.0.1:{uas_port}")], "", "");
     let running = start(&config).await;
-    let proxy = running
-        .addr(if tcp { Transport::Tcp } else { Transport::Udp })
-        .unwrap();
+    let proxy = running.addr(if tcp { Transport::Tcp } else { Transport::Udp }).unwrap();
     let transport = if tcp { "t1" } else { "u1" };
     let dir = tempdir();
 
@@ -108,32 +93,16 @@ async fn run_calls(tcp: bool, calls: u32, rate: u32) {
     let stdout = String::from_utf8_lossy(&uac.stdout);
     let ok = sipp_count(&stdout, "Successful call");
     let failed = sipp_count(&stdout, "Failed call");
-    assert_eq!(
-        failed,
-        Some(0),
-        "sipp reported failed calls over {scheme}:\n{stdout}"
-    );
-    assert_eq!(
-        ok,
-        Some(u64::from(calls)),
-        "sipp success count over {scheme}:\n{stdout}"
-    );
-    assert!(
-        uac.status.success(),
-        "sipp uac exit status {:?}",
-        uac.status
-    );
+    assert_eq!(failed, Some(0), "sipp reported failed calls over {scheme}:\n{stdout}");
+    assert_eq!(ok, Some(u64::from(calls)), "sipp success count over {scheme}:\n{stdout}");
+    assert!(uac.status.success(), "sipp uac exit status {:?}", uac.status);
     eventually(&running, "every call ended", |p| p.active_calls() == 0).await;
     running.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-sipp-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
+    let dir = std::env::temp_dir().join(format!("sluice-sipp-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }

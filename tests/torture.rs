@@ -21,10 +21,7 @@ enum Outcome {
 
 /// Feeds one torture message to a fresh core; returns what it did and what it forwarded.
 fn run(file: &str) -> (Outcome, Option<Vec<u8>>) {
-    let path = format!(
-        "{}/tests/fixtures/rfc4475/{file}.dat",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/fixtures/rfc4475/{file}.dat", env!("CARGO_MANIFEST_DIR"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let config = Arc::new(Config::parse("t", CONFIG).unwrap());
     let mut proxy = Proxy::new(config, Arc::new(Stats::default()), 1);
@@ -37,15 +34,8 @@ fn run(file: &str) -> (Outcome, Option<Vec<u8>>) {
         if to.addr == gateway {
             return (Outcome::Forwarded, Some(data.to_vec()));
         }
-        assert_eq!(
-            to.addr.ip(),
-            source.addr.ip(),
-            "{file}: answers go back to the sender (port per Via)"
-        );
-        let status = std::str::from_utf8(&data[8..11])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        assert_eq!(to.addr.ip(), source.addr.ip(), "{file}: answers go back to the sender (port per Via)");
+        let status = std::str::from_utf8(&data[8..11]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
         if status != 100 {
             outcome = (Outcome::Answered(status), None);
         }
@@ -114,10 +104,7 @@ fn torture_outcomes() {
     let dir = format!("{}/tests/fixtures/rfc4475", env!("CARGO_MANIFEST_DIR"));
     let files = std::fs::read_dir(&dir)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "dat"))
-        })
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "dat")))
         .count();
     assert_eq!(files, expected.len(), "every fixture has an expectation");
     let mut wrong = Vec::new();
@@ -130,10 +117,7 @@ fn torture_outcomes() {
             let msg = sluice::sip::parse(&fwd)
                 .unwrap_or_else(|e| panic!("{file}: forwarded bytes do not parse: {e}"));
             let via = msg.value(sluice::sip::HeaderName::Via).unwrap();
-            assert!(
-                via.starts_with(b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK"),
-                "{file}: our Via on top"
-            );
+            assert!(via.starts_with(b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK"), "{file}: our Via on top");
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -144,8 +128,5 @@ fn double_request_datagram_forwards_only_the_first() {
     let (_, fwd) = run("dblreq");
     let fwd = fwd.unwrap();
     assert!(fwd.starts_with(b"REGISTER "));
-    assert!(
-        !fwd.windows(7).any(|w| w == b"INVITE "),
-        "the trailing request is not smuggled along"
-    );
+    assert!(!fwd.windows(7).any(|w| w == b"INVITE "), "the trailing request is not smuggled along");
 }

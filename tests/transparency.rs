@@ -8,10 +8,7 @@ use sluice::peer::Transport;
 
 /// Header lines of a message (without the start line), as received.
 fn lines(msg: &str) -> Vec<&str> {
-    msg.split("\r\n")
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .collect()
+    msg.split("\r\n").skip(1).take_while(|l| !l.is_empty()).collect()
 }
 
 fn body_of(msg: &str) -> &str {
@@ -47,41 +44,24 @@ async fn request_and_response_pass_byte_for_byte() {
     caller.send(proxy, sent.as_bytes()).await;
     let (got, from_proxy) = pbx.expect("INVITE ").await;
 
-    assert_eq!(
-        got.lines().next(),
-        sent.lines().next(),
-        "Request-URI untouched"
-    );
+    assert_eq!(got.lines().next(), sent.lines().next(), "Request-URI untouched");
     assert_eq!(body_of(&got), body, "SDP body byte for byte");
     // Every header line the proxy does not own arrives exactly as sent, in order.
     let owned = |line: &str| {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        matches!(
-            name.as_str(),
-            "v" | "via" | "max-forwards" | "record-route" | "route"
-        )
+        let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        matches!(name.as_str(), "v" | "via" | "max-forwards" | "record-route" | "route")
     };
     let sent_other: Vec<&str> = lines(&sent).into_iter().filter(|l| !owned(l)).collect();
     let got_other: Vec<&str> = lines(&got).into_iter().filter(|l| !owned(l)).collect();
     assert_eq!(got_other, sent_other);
     // What the proxy owns changed only as RFC 3261 says.
     assert_eq!(header(&got, "max-forwards"), Some("11"));
-    let got_vias: Vec<&str> = lines(&got)
-        .into_iter()
-        .filter(|l| l.starts_with("v:") || l.starts_with("Via:"))
-        .collect();
+    let got_vias: Vec<&str> =
+        lines(&got).into_iter().filter(|l| l.starts_with("v:") || l.starts_with("Via:")).collect();
     assert_eq!(got_vias.len(), 2);
     assert_eq!(
         got_vias[1],
-        format!(
-            "v: SIP/2.0/UDP {l};branch=z9hG4bKtransp;rport={};received=127.0.0.1",
-            l.port()
-        ),
+        format!("v: SIP/2.0/UDP {l};branch=z9hG4bKtransp;rport={};received=127.0.0.1", l.port()),
         "RFC 3581: rport filled, received added"
     );
 
@@ -96,21 +76,14 @@ async fn request_and_response_pass_byte_for_byte() {
     );
     resp = resp.replace(
         "Content-Length: 0\r\n\r\n",
-        &format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
+        &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
     );
     pbx.send(from_proxy, resp.as_bytes()).await;
     let (at_caller, _) = caller.expect("SIP/2.0 200").await;
     let mut expected: Vec<&str> = lines(&resp);
     expected.remove(0); // the proxy's own Via
     assert_eq!(lines(&at_caller), expected);
-    assert_eq!(
-        at_caller.lines().next(),
-        Some("SIP/2.0 200 OK Fine"),
-        "reason phrase untouched"
-    );
+    assert_eq!(at_caller.lines().next(), Some("SIP/2.0 200 OK Fine"), "reason phrase untouched");
     assert_eq!(body_of(&at_caller), body);
     running.stop().await;
 }
@@ -128,9 +101,6 @@ async fn non_utf8_bytes_pass_untouched() {
     caller.send(proxy, &msg).await;
     let got = pbx.recv_bytes().await;
     assert!(got.starts_with(b"INVITE "));
-    assert!(
-        got.windows(odd.len()).any(|w| w == odd),
-        "the exact bytes are forwarded"
-    );
+    assert!(got.windows(odd.len()).any(|w| w == odd), "the exact bytes are forwarded");
     running.stop().await;
 }

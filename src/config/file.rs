@@ -56,10 +56,7 @@ pub(crate) struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Self {
-            format: LogFormat::default(),
-            level: default_level(),
-        }
+        Self { format: LogFormat::default(), level: default_level() }
     }
 }
 

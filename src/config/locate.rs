@@ -73,11 +73,7 @@ pub fn line_of(source: &str, path: &[Seg]) -> Option<usize> {
 
 /// 1-based line number of a byte offset.
 pub fn line_at(source: &str, offset: usize) -> usize {
-    source.as_bytes()[..offset.min(source.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+    source.as_bytes()[..offset.min(source.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 #[cfg(test)]
@@ -88,21 +84,9 @@ mod tests {
     fn finds_nested_keys() {
         let src = "[server]\nlisten = []\n\n[[carrier]]\nname = \"a\"\n\n[[carrier]]\nname = \"b\"\ngateways = [\n  \"x\",\n  \"y\",\n]\n\n[limits]\nper_ip = { cps = 3 }\n";
         use Seg::*;
-        assert_eq!(
-            line_of(src, &[Key("carrier"), Index(1), Key("gateways"), Index(1)]),
-            Some(11)
-        );
-        assert_eq!(
-            line_of(src, &[Key("carrier"), Index(1), Key("name")]),
-            Some(8)
-        );
-        assert_eq!(
-            line_of(src, &[Key("limits"), Key("per_ip"), Key("cps")]),
-            Some(15)
-        );
-        assert_eq!(
-            render(&[Key("carrier"), Index(1), Key("gateways"), Index(1)]),
-            "carrier[1].gateways[1]"
-        );
+        assert_eq!(line_of(src, &[Key("carrier"), Index(1), Key("gateways"), Index(1)]), Some(11));
+        assert_eq!(line_of(src, &[Key("carrier"), Index(1), Key("name")]), Some(8));
+        assert_eq!(line_of(src, &[Key("limits"), Key("per_ip"), Key("cps")]), Some(15));
+        assert_eq!(render(&[Key("carrier"), Index(1), Key("gateways"), Index(1)]), "carrier[1].gateways[1]");
     }
 }

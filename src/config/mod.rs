@@ -102,23 +102,12 @@ pub struct RouteTable {
 
 impl RouteTable {
     fn new(routes: Vec<Route>) -> Self {
-        let by_prefix: HashMap<String, usize> = routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.prefix.clone(), i))
-            .collect();
-        let mut lengths: Vec<usize> = by_prefix
-            .keys()
-            .map(String::len)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let by_prefix: HashMap<String, usize> =
+            routes.iter().enumerate().map(|(i, r)| (r.prefix.clone(), i)).collect();
+        let mut lengths: Vec<usize> =
+            by_prefix.keys().map(String::len).collect::<HashSet<_>>().into_iter().collect();
         lengths.sort_unstable_by(|a, b| b.cmp(a));
-        Self {
-            routes,
-            by_prefix,
-            lengths,
-        }
+        Self { routes, by_prefix, lengths }
     }
 
     /// The route with the longest prefix of `number` (a dialed number with '+' removed).
@@ -267,27 +256,17 @@ impl Config {
                 message: e.message().to_string(),
             }])
         })?;
-        let mut errors = Errors {
-            file: file.to_string(),
-            source,
-            list: Vec::new(),
-        };
+        let mut errors = Errors { file: file.to_string(), source, list: Vec::new() };
         let config = validate(raw, &mut errors);
-        if errors.list.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(errors.list))
-        }
+        if errors.list.is_empty() { Ok(config) } else { Err(ConfigErrors(errors.list)) }
     }
 
     /// The Via sent-by / Record-Route host:port for a transport.
     pub fn sent_by(&self, transport: Transport) -> String {
-        let port = self.advertise.port.or_else(|| {
-            self.listen
-                .iter()
-                .find(|l| l.transport == transport)
-                .map(|l| l.addr.port())
-        });
+        let port = self
+            .advertise
+            .port
+            .or_else(|| self.listen.iter().find(|l| l.transport == transport).map(|l| l.addr.port()));
         match port {
             Some(p) => format!("{}:{}", self.advertise.host, p),
             None => self.advertise.host.clone(),
@@ -304,19 +283,13 @@ use Seg::{Index, Key};
 fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
     let mut listen = Vec::new();
     if raw.server.listen.is_empty() {
-        e.push(
-            &[Key("server"), Key("listen")],
-            "at least one listen address is needed",
-        );
+        e.push(&[Key("server"), Key("listen")], "at least one listen address is needed");
     }
     for (i, text) in raw.server.listen.iter().enumerate() {
         match parse_endpoint(text) {
             Ok((transport, addr)) => {
                 if listen.contains(&Listener { transport, addr }) {
-                    e.push(
-                        &[Key("server"), Key("listen"), Index(i)],
-                        format!("`{text}` is listed twice"),
-                    );
+                    e.push(&[Key("server"), Key("listen"), Index(i)], format!("`{text}` is listed twice"));
                 }
                 listen.push(Listener { transport, addr });
             }
@@ -326,49 +299,29 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
     let advertise = match &raw.server.advertise {
         Some(text) => parse_advertise(text).unwrap_or_else(|msg| {
             e.push(&[Key("server"), Key("advertise")], msg);
-            Advertise {
-                host: String::new(),
-                port: None,
-            }
+            Advertise { host: String::new(), port: None }
         }),
         None => {
             let first = listen.first().map(|l| l.addr.ip());
             if first.is_some_and(|ip| ip.is_unspecified()) {
                 e.push(&[Key("server"), Key("advertise")], "listening on an unspecified address (0.0.0.0 / ::) needs `advertise`: the address peers can reach");
             }
-            Advertise {
-                host: first.map(host_text).unwrap_or_default(),
-                port: None,
-            }
+            Advertise { host: first.map(host_text).unwrap_or_default(), port: None }
         }
     };
     let admin = raw.server.admin.as_ref().and_then(|text| {
         text.parse::<SocketAddr>()
-            .map_err(|_| {
-                e.push(
-                    &[Key("server"), Key("admin")],
-                    format!("`{text}` is not HOST:PORT"),
-                )
-            })
+            .map_err(|_| e.push(&[Key("server"), Key("admin")], format!("`{text}` is not HOST:PORT")))
             .ok()
     });
     if raw.server.gateway_timeout_ms < 100 {
-        e.push(
-            &[Key("server"), Key("gateway_timeout_ms")],
-            "must be at least 100",
-        );
+        e.push(&[Key("server"), Key("gateway_timeout_ms")], "must be at least 100");
     }
     if !(1024..=1 << 20).contains(&raw.server.max_message_bytes) {
-        e.push(
-            &[Key("server"), Key("max_message_bytes")],
-            "must be between 1024 and 1048576",
-        );
+        e.push(&[Key("server"), Key("max_message_bytes")], "must be between 1024 and 1048576");
     }
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-        e.push(
-            &[Key("log"), Key("level")],
-            format!("`{}` is not a tracing filter", raw.log.level),
-        );
+        e.push(&[Key("log"), Key("level")], format!("`{}` is not a tracing filter", raw.log.level));
     }
 
     let mut carriers = Vec::new();
@@ -381,19 +334,14 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             );
         }
         if c.gateways.is_empty() {
-            e.push(
-                &[Key("carrier"), Index(ci), Key("gateways")],
-                "a carrier needs at least one gateway",
-            );
+            e.push(&[Key("carrier"), Index(ci), Key("gateways")], "a carrier needs at least one gateway");
         }
         let mut gateways = Vec::new();
         for (gi, text) in c.gateways.iter().enumerate() {
             let path = [Key("carrier"), Index(ci), Key("gateways"), Index(gi)];
             match parse_endpoint(text) {
                 Ok((transport, addr)) => {
-                    if !listen
-                        .iter()
-                        .any(|l| l.transport == transport && l.addr.is_ipv4() == addr.is_ipv4())
+                    if !listen.iter().any(|l| l.transport == transport && l.addr.is_ipv4() == addr.is_ipv4())
                     {
                         e.push(
                             &path,
@@ -403,11 +351,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
                             ),
                         );
                     }
-                    gateways.push(Gateway {
-                        transport,
-                        addr,
-                        uri: text.clone(),
-                    });
+                    gateways.push(Gateway { transport, addr, uri: text.clone() });
                 }
                 Err(msg) => e.push(&path, msg),
             }
@@ -415,14 +359,8 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         carriers.push(Carrier {
             name: c.name.clone(),
             gateways,
-            limits: Pair {
-                cps: c.cps,
-                channels: c.channels,
-            },
-            gateway_limits: Pair {
-                cps: c.gateway_cps,
-                channels: c.gateway_channels,
-            },
+            limits: Pair { cps: c.cps, channels: c.channels },
+            gateway_limits: Pair { cps: c.gateway_cps, channels: c.gateway_channels },
         });
     }
 
@@ -464,10 +402,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             name: c.name.clone(),
             ips: c.ips.iter().map(IpNet::trunc).collect(),
             users: c.users.clone(),
-            limits: Pair {
-                cps: c.cps,
-                channels: c.channels,
-            },
+            limits: Pair { cps: c.cps, channels: c.channels },
             per_ip: c.per_ip.or(raw.limits.per_ip).unwrap_or_default(),
             per_user: c.per_user.or(raw.limits.per_user).unwrap_or_default(),
             priority: c.priority,
@@ -479,47 +414,25 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
     let mut numbers = HashSet::new();
     for (di, d) in raw.did.iter().enumerate() {
         let number = d.number.strip_prefix('+').unwrap_or(&d.number).to_string();
-        if number.is_empty()
-            || !number
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#')
-        {
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#') {
             e.push(
                 &[Key("did"), Index(di), Key("number")],
                 format!("`{}` is not a dialable number", d.number),
             );
         }
         if !numbers.insert(number.clone()) {
-            e.push(
-                &[Key("did"), Index(di), Key("number")],
-                format!("`{}` is listed twice", d.number),
-            );
+            e.push(&[Key("did"), Index(di), Key("number")], format!("`{}` is listed twice", d.number));
         }
-        dids.push(Did {
-            number,
-            limits: Pair {
-                cps: d.cps,
-                channels: d.channels,
-            },
-        });
+        dids.push(Did { number, limits: Pair { cps: d.cps, channels: d.channels } });
     }
 
     let o = &raw.overflow;
     if ![503, 486, 480, 403].contains(&o.status) {
-        e.push(
-            &[Key("overflow"), Key("status")],
-            "must be 503, 486, 480 or 403",
-        );
+        e.push(&[Key("overflow"), Key("status")], "must be 503, 486, 480 or 403");
     }
-    for (name, reason) in [
-        ("cps_reason", &o.cps_reason),
-        ("channels_reason", &o.channels_reason),
-    ] {
+    for (name, reason) in [("cps_reason", &o.cps_reason), ("channels_reason", &o.channels_reason)] {
         if reason.is_empty() || reason.bytes().any(|b| b.is_ascii_control()) {
-            e.push(
-                &[Key("overflow"), Key(name)],
-                "must be a non-empty phrase without control characters",
-            );
+            e.push(&[Key("overflow"), Key(name)], "must be a non-empty phrase without control characters");
         }
     }
     for (i, contact) in o.redirect.iter().enumerate() {
@@ -527,32 +440,20 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         if crate::sip::uri::Uri::parse(body.as_bytes()).is_err()
             || contact.bytes().any(|b| b.is_ascii_control())
         {
-            e.push(
-                &[Key("overflow"), Key("redirect"), Index(i)],
-                format!("`{contact}` is not a SIP URI"),
-            );
+            e.push(&[Key("overflow"), Key("redirect"), Index(i)], format!("`{contact}` is not a SIP URI"));
         }
     }
     if o.queue_depth == 0 && o.queue_ms > 0 {
-        e.push(
-            &[Key("overflow"), Key("queue_depth")],
-            "must be at least 1 when queue_ms is set",
-        );
+        e.push(&[Key("overflow"), Key("queue_depth")], "must be at least 1 when queue_ms is set");
     }
     let usage = match &raw.usage {
         Some(u) => {
             if u.window_days == 0 {
                 e.push(&[Key("usage"), Key("window_days")], "must be at least 1");
             }
-            Usage {
-                state_file: u.state_file.clone(),
-                window_days: u.window_days,
-            }
+            Usage { state_file: u.state_file.clone(), window_days: u.window_days }
         }
-        None => Usage {
-            state_file: None,
-            window_days: 30,
-        },
+        None => Usage { state_file: None, window_days: 30 },
     };
     let cluster = raw.cluster.as_ref().map(|c| {
         if !(c.redis.starts_with("redis://") || c.redis.starts_with("rediss://")) {
@@ -565,12 +466,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         if node.is_empty() {
             e.push(&[Key("cluster"), Key("node")], "must not be empty");
         }
-        Cluster {
-            redis: c.redis.clone(),
-            node,
-            on_failure: c.on_failure,
-            nodes: c.nodes,
-        }
+        Cluster { redis: c.redis.clone(), node, on_failure: c.on_failure, nodes: c.nodes }
     });
 
     Config {
@@ -587,10 +483,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         carriers,
         routes,
         limits: ServerLimits {
-            limits: Pair {
-                cps: raw.limits.cps,
-                channels: raw.limits.channels,
-            },
+            limits: Pair { cps: raw.limits.cps, channels: raw.limits.channels },
             per_ip: raw.limits.per_ip.unwrap_or_default(),
             per_user: raw.limits.per_user.unwrap_or_default(),
             max_call: Duration::from_secs(raw.limits.max_call_seconds),
@@ -611,12 +504,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
     }
 }
 
-fn route_table(
-    raw: &[file::Route],
-    carriers: &[Carrier],
-    base: &[Seg],
-    e: &mut Errors<'_>,
-) -> RouteTable {
+fn route_table(raw: &[file::Route], carriers: &[Carrier], base: &[Seg], e: &mut Errors<'_>) -> RouteTable {
     let mut routes = Vec::new();
     let mut prefixes = HashSet::new();
     for (ri, r) in raw.iter().enumerate() {
@@ -627,20 +515,11 @@ fn route_table(
             p
         };
         let prefix = r.prefix.strip_prefix('+').unwrap_or(&r.prefix).to_string();
-        if !prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#')
-        {
-            e.push(
-                &at("prefix"),
-                format!("`{}` is not a number prefix", r.prefix),
-            );
+        if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#') {
+            e.push(&at("prefix"), format!("`{}` is not a number prefix", r.prefix));
         }
         if !prefixes.insert(prefix.clone()) {
-            e.push(
-                &at("prefix"),
-                format!("prefix `{}` is used twice", r.prefix),
-            );
+            e.push(&at("prefix"), format!("prefix `{}` is used twice", r.prefix));
         }
         if r.carriers.is_empty() {
             e.push(&at("carriers"), "a route needs at least one carrier");
@@ -656,14 +535,7 @@ fn route_table(
                 }
             }
         }
-        routes.push(Route {
-            prefix,
-            carriers: ids,
-            limits: Pair {
-                cps: r.cps,
-                channels: r.channels,
-            },
-        });
+        routes.push(Route { prefix, carriers: ids, limits: Pair { cps: r.cps, channels: r.channels } });
     }
     RouteTable::new(routes)
 }
@@ -673,35 +545,17 @@ fn parse_advertise(text: &str) -> Result<Advertise, String> {
         return Err(format!("`{text}` is not HOST or HOST:PORT"));
     }
     if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(Advertise {
-            host: host_text(addr.ip()),
-            port: Some(addr.port()),
-        });
+        return Ok(Advertise { host: host_text(addr.ip()), port: Some(addr.port()) });
     }
-    if let Ok(ip) = text
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        return Ok(Advertise {
-            host: host_text(ip),
-            port: None,
-        });
+    if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(Advertise { host: host_text(ip), port: None });
     }
     match text.rsplit_once(':') {
         Some((host, port)) => {
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| format!("`{text}`: bad port"))?;
-            Ok(Advertise {
-                host: host.to_string(),
-                port: Some(port),
-            })
+            let port = port.parse::<u16>().map_err(|_| format!("`{text}`: bad port"))?;
+            Ok(Advertise { host: host.to_string(), port: Some(port) })
         }
-        None => Ok(Advertise {
-            host: text.to_string(),
-            port: None,
-        }),
+        None => Ok(Advertise { host: text.to_string(), port: None }),
     }
 }
 
@@ -714,9 +568,7 @@ pub fn host_text(ip: IpAddr) -> String {
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "sluice".into())
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "sluice".into())
 }
 
 #[cfg(test)]
@@ -729,10 +581,7 @@ mod tests {
     fn shipped_example_is_valid() {
         let c = Config::parse("config/sluice.toml", SHIPPED).unwrap();
         assert_eq!(c.listen.len(), 2);
-        assert_eq!(
-            c.carriers[0].gateways[0].addr,
-            "127.0.0.1:5070".parse().unwrap()
-        );
+        assert_eq!(c.carriers[0].gateways[0].addr, "127.0.0.1:5070".parse().unwrap());
         assert_eq!(c.sent_by(Transport::Udp), "127.0.0.1:5060");
     }
 
@@ -742,21 +591,9 @@ mod tests {
         let c = Config::parse("contract.toml", text).unwrap();
         assert_eq!(c.customers[0].per_ip.cps, Some(10));
         assert_eq!(c.customers[0].per_ip.channels, None);
-        assert_eq!(
-            c.limits.per_ip,
-            Pair {
-                cps: Some(20),
-                channels: Some(200)
-            }
-        );
+        assert_eq!(c.limits.per_ip, Pair { cps: Some(20), channels: Some(200) });
         assert_eq!(c.cluster.as_ref().map(|c| c.nodes), Some(2));
-        assert_eq!(
-            c.customers[0]
-                .routes
-                .as_ref()
-                .map(|r| r.routes[0].limits.cps),
-            Some(Some(5))
-        );
+        assert_eq!(c.customers[0].routes.as_ref().map(|r| r.routes[0].limits.cps), Some(Some(5)));
     }
 
     #[test]
@@ -769,9 +606,7 @@ mod tests {
         assert_eq!(errs[1].key, "route[0].carriers[1]");
         assert_eq!(errs[1].line, Some(10));
         assert!(
-            errs[1]
-                .to_string()
-                .starts_with("t.toml:10: route[0].carriers[1]: no [[carrier]] named `nope`")
+            errs[1].to_string().starts_with("t.toml:10: route[0].carriers[1]: no [[carrier]] named `nope`")
         );
     }
 
@@ -780,11 +615,7 @@ mod tests {
         let text = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\nlistne = 1\n";
         let errs = Config::parse("t.toml", text).unwrap_err().0;
         assert_eq!(errs[0].line, Some(3));
-        assert!(
-            errs[0].message.contains("unknown field"),
-            "{}",
-            errs[0].message
-        );
+        assert!(errs[0].message.contains("unknown field"), "{}", errs[0].message);
     }
 
     #[test]
@@ -802,10 +633,7 @@ mod tests {
         let text = "[server]\nlisten = [\"udp://0.0.0.0:5060\"]\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n";
         let errs = Config::parse("t.toml", text).unwrap_err().0;
         assert_eq!(errs[0].key, "server.advertise");
-        let ok = text.replace(
-            "[server]\n",
-            "[server]\nadvertise = \"sip.example.net:5060\"\n",
-        );
+        let ok = text.replace("[server]\n", "[server]\nadvertise = \"sip.example.net:5060\"\n");
         let c = Config::parse("t.toml", &ok).unwrap();
         assert_eq!(c.sent_by(Transport::Udp), "sip.example.net:5060");
     }

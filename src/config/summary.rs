@@ -36,13 +36,7 @@ pub fn render(c: &Config) -> String {
     let name = |id: &usize| c.carriers.get(*id).map_or("?", |x| x.name.as_str());
     for r in &c.routes.routes {
         let names: Vec<&str> = r.carriers.iter().map(name).collect();
-        let _ = writeln!(
-            s,
-            "  prefix \"{}\" -> {} ({})",
-            r.prefix,
-            names.join(", "),
-            limits(&r.limits)
-        );
+        let _ = writeln!(s, "  prefix \"{}\" -> {} ({})", r.prefix, names.join(", "), limits(&r.limits));
     }
     let _ = writeln!(
         s,
@@ -68,13 +62,8 @@ pub fn render(c: &Config) -> String {
         if let Some(t) = &cu.routes {
             for r in &t.routes {
                 let names: Vec<&str> = r.carriers.iter().map(name).collect();
-                let _ = writeln!(
-                    s,
-                    "  prefix \"{}\" -> {} ({})",
-                    r.prefix,
-                    names.join(", "),
-                    limits(&r.limits)
-                );
+                let _ =
+                    writeln!(s, "  prefix \"{}\" -> {} ({})", r.prefix, names.join(", "), limits(&r.limits));
             }
         }
     }

@@ -72,20 +72,12 @@ mod tests {
 
     #[test]
     fn retargeting_changes_the_hash() {
-        let a = crate::sip::parse(
-            b"INVITE sip:1@a SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n",
-        )
-        .unwrap();
-        let b = crate::sip::parse(
-            b"INVITE sip:2@a SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n",
-        )
-        .unwrap();
+        let a = crate::sip::parse(b"INVITE sip:1@a SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n")
+            .unwrap();
+        let b = crate::sip::parse(b"INVITE sip:2@a SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n")
+            .unwrap();
         assert_ne!(loop_hash(&a), loop_hash(&b));
         let a2 = crate::sip::parse(b"INVITE sip:1@a SIP/2.0\r\nVia: SIP/2.0/UDP other\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n").unwrap();
-        assert_eq!(
-            loop_hash(&a),
-            loop_hash(&a2),
-            "the top Via is not part of the hash"
-        );
+        assert_eq!(loop_hash(&a), loop_hash(&a2), "the top Via is not part of the hash");
     }
 }

@@ -22,8 +22,8 @@ pub struct Dialog {
     pub caller: Peer,
     pub callee: Peer,
     pub phase: Phase,
-    /// Bumped whenever the expiry is rescheduled, so older expiry timers are ignored.
-    pub generation: u64,
+    /// The pending expiry timer (max_call_seconds, or the linger after BYE).
+    pub expiry: super::timer::TimerKey,
 }
 
 /// Which way an in-dialog request travels.

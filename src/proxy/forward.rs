@@ -34,24 +34,15 @@ pub fn request(
     let reply_to = stamp::stamp(msg, source, &mut s);
     let first_via = msg
         .first(HeaderName::Via)
-        .map_or(msg.start_line.end as usize + crlf.len(), |h| {
-            h.line.start as usize
-        });
+        .map_or(msg.start_line.end as usize + crlf.len(), |h| h.line.start as usize);
     s.insert_with(first_via, |out| {
-        let _ = write!(
-            out,
-            "Via: SIP/2.0/{} {};branch=",
-            edits.out.via_token(),
-            me.sent_by(edits.out)
-        );
+        let _ = write!(out, "Via: SIP/2.0/{} {};branch=", edits.out.via_token(), me.sent_by(edits.out));
         out.extend_from_slice(edits.branch);
         out.extend_from_slice(b";rport");
         out.extend_from_slice(crlf);
     });
     if edits.record_route {
-        let at = msg
-            .first(HeaderName::RecordRoute)
-            .map_or(first_via, |h| h.line.start as usize);
+        let at = msg.first(HeaderName::RecordRoute).map_or(first_via, |h| h.line.start as usize);
         s.insert_with(at, |out| {
             // Facing the callee first (it uses the set top-down), then the caller when the
             // legs use different transports (double Record-Route).
@@ -66,12 +57,7 @@ pub fn request(
     }
     match msg.first(HeaderName::MaxForwards) {
         Some(h) => {
-            let n = msg
-                .max_forwards()
-                .ok()
-                .flatten()
-                .unwrap_or(70)
-                .saturating_sub(1);
+            let n = msg.max_forwards().ok().flatten().unwrap_or(70).saturating_sub(1);
             let mut digits = [0u8; 3];
             let len = write_u8(n, &mut digits);
             s.replace(h.value.range(), &digits[..len]);
@@ -203,11 +189,7 @@ v=0\r\ntrailing-garbage";
             &m,
             src,
             &me(),
-            &RequestEdits {
-                out: Transport::Udp,
-                branch: b"z9hG4bKslX",
-                record_route: true,
-            },
+            &RequestEdits { out: Transport::Udp, branch: b"z9hG4bKslX", record_route: true },
         );
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -227,10 +209,7 @@ Content-Length: 4\r\n\
 \r\n\
 v=0\r"
         );
-        assert_eq!(
-            reply_to,
-            Some(Peer::udp("192.0.2.10:5999".parse().unwrap()))
-        );
+        assert_eq!(reply_to, Some(Peer::udp("192.0.2.10:5999".parse().unwrap())));
     }
 
     #[test]
@@ -238,18 +217,15 @@ v=0\r"
         let raw = "MESSAGE sip:1@h SIP/2.0\nv: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1\nf: <sip:a@x>;tag=f\nt: <sip:1@x>\ni: c\nCSeq: 1 MESSAGE\n\nhello";
         let m = parse(raw.as_bytes()).unwrap();
         let src = Peer::udp("192.0.2.10:5060".parse().unwrap());
-        let (out, _) = request(
-            &m,
-            src,
-            &me(),
-            &RequestEdits {
-                out: Transport::Tcp,
-                branch: b"b",
-                record_route: true,
-            },
-        );
+        let (out, _) =
+            request(&m, src, &me(), &RequestEdits { out: Transport::Tcp, branch: b"b", record_route: true });
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("Record-Route: <sip:127.0.0.1:5060;transport=tcp;lr>\nRecord-Route: <sip:127.0.0.1:5060;lr>\n"), "{text}");
+        assert!(
+            text.contains(
+                "Record-Route: <sip:127.0.0.1:5060;transport=tcp;lr>\nRecord-Route: <sip:127.0.0.1:5060;lr>\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("Max-Forwards: 70\n"));
         assert!(text.ends_with("Content-Length: 5\n\nhello"), "{text}");
         assert!(text.contains("Via: SIP/2.0/TCP 127.0.0.1:5060;branch=b;rport\n"));

@@ -29,10 +29,7 @@ impl Identity {
         ports.extend(config.advertise.port);
         ports.sort_unstable();
         ports.dedup();
-        let (udp_sent_by, tcp_sent_by) = (
-            config.sent_by(Transport::Udp),
-            config.sent_by(Transport::Tcp),
-        );
+        let (udp_sent_by, tcp_sent_by) = (config.sent_by(Transport::Udp), config.sent_by(Transport::Tcp));
         Self {
             udp_record_route: format!("<sip:{udp_sent_by};lr>"),
             tcp_record_route: format!("<sip:{tcp_sent_by};transport=tcp;lr>"),
@@ -61,11 +58,7 @@ impl Identity {
 
     pub fn is_me(&self, host: &[u8], port: Option<u16>) -> bool {
         let port = port.unwrap_or(5060);
-        self.ports.contains(&port)
-            && self
-                .hosts
-                .iter()
-                .any(|h| h.as_bytes().eq_ignore_ascii_case(host))
+        self.ports.contains(&port) && self.hosts.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(host))
     }
 
     pub fn is_my_uri(&self, uri: &Uri<'_>) -> bool {

@@ -7,6 +7,7 @@
 //! through [`response`]; timers through [`timeouts`].
 
 pub mod branch;
+mod call;
 pub mod dialog;
 pub mod forward;
 pub mod identity;
@@ -41,11 +42,7 @@ pub enum Action {
     /// Send `data` to `to`. `tx` names the transaction a request belongs to, so a transport
     /// that cannot deliver it (TCP connect refused) can report back with
     /// [`Proxy::on_send_failed`].
-    Send {
-        to: Peer,
-        data: Bytes,
-        tx: Option<TxId>,
-    },
+    Send { to: Peer, data: Bytes, tx: Option<TxId> },
 }
 
 /// Upper bounds on state, so a flood cannot grow memory without limit. Past them new
@@ -112,10 +109,7 @@ impl Proxy {
             }
             return;
         }
-        if bytes
-            .iter()
-            .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
-        {
+        if bytes.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0)) {
             return; // keep-alive
         }
         let msg = match crate::sip::parse(bytes) {
@@ -161,10 +155,7 @@ impl Proxy {
 
     /// Calls (dialogs) the proxy tracks, early or confirmed.
     pub fn active_calls(&self) -> usize {
-        self.dialogs
-            .values()
-            .filter(|d| d.phase != dialog::Phase::Ending)
-            .count()
+        self.dialogs.values().filter(|d| d.phase != dialog::Phase::Ending).count()
     }
 
     pub fn transactions(&self) -> usize {
@@ -187,11 +178,7 @@ impl Proxy {
     }
 
     fn send(&self, out: &mut Vec<Action>, to: Peer, data: Bytes, tx: Option<TxId>, request: bool) {
-        Stats::bump(if request {
-            &self.stats.requests_out
-        } else {
-            &self.stats.responses_out
-        });
+        Stats::bump(if request { &self.stats.requests_out } else { &self.stats.responses_out });
         out.push(Action::Send { to, data, tx });
     }
 
@@ -209,14 +196,8 @@ impl Proxy {
         let mut splice = Splice::new(msg.buf);
         let to = stamp::stamp(msg, source, &mut splice)?;
         let tag = self.tag_for(msg);
-        let data = Bytes::from(reply::response(
-            msg,
-            &mut splice,
-            answer.status,
-            answer.reason,
-            Some(&tag),
-            extra,
-        ));
+        let data =
+            Bytes::from(reply::response(msg, &mut splice, answer.status, answer.reason, Some(&tag), extra));
         self.send(out, to, data.clone(), None, false);
         Some(data)
     }

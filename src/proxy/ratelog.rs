@@ -12,11 +12,7 @@ pub(crate) struct RateLog {
 
 impl RateLog {
     pub(crate) fn new(per_second: u32) -> Self {
-        Self {
-            per_second,
-            window: None,
-            used: 0,
-        }
+        Self { per_second, window: None, used: 0 }
     }
 
     /// True when one more line may be logged in the current second.

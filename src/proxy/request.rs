@@ -5,10 +5,10 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::dialog::{Dialog, Direction, Phase};
+use super::dialog::{Direction, Phase};
 use super::forward::{self, RequestEdits};
 use super::sanity::{self, Refusal};
-use super::timer::{LINGER, T1, Timer};
+use super::timer::{T1, Timer};
 use super::transaction::{Branch, ClientState, Failure, ServerState, Tx, TxId};
 use super::{Action, Answer, MAX_DIALOGS, MAX_TRANSACTIONS, Proxy, branch};
 use crate::peer::{Peer, Transport};
@@ -17,8 +17,7 @@ use crate::sip::{HeaderName, Message, Method, via};
 use crate::stats::Stats;
 
 /// What the proxy allows in `Allow` when it answers OPTIONS itself.
-const ALLOW: &[u8] =
-    b"INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, INFO, REFER, NOTIFY, MESSAGE";
+const ALLOW: &[u8] = b"INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, INFO, REFER, NOTIFY, MESSAGE";
 
 impl Proxy {
     pub(super) fn on_request(
@@ -80,13 +79,7 @@ impl Proxy {
             return;
         }
         if self.txs.len() >= MAX_TRANSACTIONS {
-            self.reply(
-                msg,
-                source,
-                Answer::new(503, "Server Overloaded"),
-                &[("Retry-After", b"5")],
-                out,
-            );
+            self.reply(msg, source, Answer::new(503, "Server Overloaded"), &[("Retry-After", b"5")], out);
             return;
         }
         match msg.tag(HeaderName::To) {
@@ -158,21 +151,13 @@ impl Proxy {
             }
             return;
         }
-        let number = uri
-            .as_ref()
-            .and_then(|u| u.user)
-            .map(dialed_number)
-            .unwrap_or_default();
+        let number = uri.as_ref().and_then(|u| u.user).map(dialed_number).unwrap_or_default();
         let targets: Vec<Peer> = match self.config.routes.lookup(number) {
             Some((_, route)) => route
                 .carriers
                 .iter()
                 .flat_map(|&c| self.config.carriers[c].gateways.iter())
-                .map(|g| Peer {
-                    transport: g.transport,
-                    addr: g.addr,
-                    conn: None,
-                })
+                .map(|g| Peer { transport: g.transport, addr: g.addr, conn: None })
                 .collect(),
             None => Vec::new(),
         };
@@ -184,13 +169,7 @@ impl Proxy {
         }
         let creates_dialog = method == Method::Invite;
         if creates_dialog && self.dialogs.len() >= MAX_DIALOGS {
-            self.reply(
-                msg,
-                source,
-                Answer::new(503, "Server Overloaded"),
-                &[("Retry-After", b"5")],
-                out,
-            );
+            self.reply(msg, source, Answer::new(503, "Server Overloaded"), &[("Retry-After", b"5")], out);
             return;
         }
         if creates_dialog {
@@ -200,28 +179,10 @@ impl Proxy {
             return;
         };
         if creates_dialog {
-            let from_tag = Bytes::copy_from_slice(msg.tag(HeaderName::From).unwrap_or_default());
-            let generation = self.next_seq();
-            let first_target = self
-                .txs
-                .get(&id)
-                .and_then(|t| t.branch.as_ref())
-                .map(|b| b.target);
-            let dialog = Dialog {
-                caller_tag: from_tag,
-                callee_tag: None,
-                caller: source,
-                callee: first_target.unwrap_or(source),
-                phase: Phase::Early,
-                generation,
-            };
-            let call_id = Bytes::copy_from_slice(call_id);
-            self.timers.at(
-                now + self.config.limits.max_call,
-                Timer::DialogExpiry(call_id.to_vec(), generation),
-            );
-            self.dialogs.insert(call_id, dialog);
-            tracing::debug!(event = "call.forwarded", call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), source = %source, "INVITE forwarded");
+            let first_target = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map_or(source, |b| b.target);
+            let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
+            self.open_call(now, call_id, from_tag, source, first_target);
+            tracing::debug!(event = "call.forwarded", call_id = %String::from_utf8_lossy(call_id), source = %source, "INVITE forwarded");
         }
     }
 
@@ -249,15 +210,9 @@ impl Proxy {
             Direction::ToCallee => dialog.callee,
             Direction::ToCaller => dialog.caller,
         };
-        if method == Method::Bye && dialog.phase != Phase::Ending {
-            dialog.phase = Phase::Ending;
-            dialog.generation += 1;
-            let generation = dialog.generation;
-            self.timers.at(
-                now + LINGER,
-                Timer::DialogExpiry(call_id.to_vec(), generation),
-            );
-            tracing::debug!(event = "call.ended", call_id = %String::from_utf8_lossy(call_id), by = ?direction, "BYE");
+        if method == Method::Bye {
+            self.hangup_call(now, call_id);
+            tracing::debug!(event = "call.hangup", call_id = %String::from_utf8_lossy(call_id), by = ?direction, "BYE");
         }
         self.open_tx(now, source, msg, key, vec![target], false, out);
     }
@@ -267,13 +222,7 @@ impl Proxy {
         if self.warn.allow(now) {
             tracing::info!(event = "sip.no_dialog", source = %source, call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), "in-dialog request for an unknown dialog");
         }
-        self.reply(
-            msg,
-            source,
-            Answer::new(481, "Call/Transaction Does Not Exist"),
-            &[],
-            out,
-        );
+        self.reply(msg, source, Answer::new(481, "Call/Transaction Does Not Exist"), &[], out);
     }
 
     /// Creates the transaction for a request and sends it on its first branch. INVITEs get
@@ -314,14 +263,7 @@ impl Proxy {
         };
         tx.remaining.reverse(); // popped from the back, tried in configured order
         if is_invite {
-            let trying = Bytes::from(crate::sip::reply::response(
-                msg,
-                &mut splice,
-                100,
-                "Trying",
-                None,
-                &[],
-            ));
+            let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
             self.send(out, reply_to, trying.clone(), None, false);
             tx.last_response = Some(trying);
         }
@@ -347,7 +289,8 @@ impl Proxy {
         let Some(target) = tx.remaining.pop() else {
             return false;
         };
-        if let Some(old) = tx.branch.take() {
+        if let Some(mut old) = tx.branch.take() {
+            old.settle(&mut self.timers);
             self.by_branch.remove(&old.id);
         }
         let branch_id = branch::make(hash, seq);
@@ -357,11 +300,7 @@ impl Proxy {
             msg,
             source,
             &self.me,
-            &RequestEdits {
-                out: target.transport,
-                branch: &branch_id,
-                record_route,
-            },
+            &RequestEdits { out: target.transport, branch: &branch_id, record_route },
         );
         let data = Bytes::from(data);
         let number = seq as u32;
@@ -373,15 +312,14 @@ impl Proxy {
             state: ClientState::Calling,
             interval: T1,
             cancel: None,
+            ack: None,
+            no_answer: Some(self.timers.at(now + self.config.gateway_timeout, Timer::NoAnswer(id, number))),
+            ringing: None,
         });
         self.by_branch.insert(branch_id, id);
         if target.transport == Transport::Udp {
             self.timers.at(now + T1, Timer::Retransmit(id, number));
         }
-        self.timers.at(
-            now + self.config.gateway_timeout,
-            Timer::NoAnswer(id, number),
-        );
         if let Some(d) = self.dialogs.get_mut(&tx.call_id) {
             if tx.creates_dialog && d.phase == Phase::Early {
                 d.callee = target;
@@ -443,11 +381,7 @@ impl Proxy {
             msg,
             source,
             &self.me,
-            &RequestEdits {
-                out: target.transport,
-                branch: &branch_id,
-                record_route: false,
-            },
+            &RequestEdits { out: target.transport, branch: &branch_id, record_route: false },
         );
         self.send(out, target, Bytes::from(data), None, true);
     }
@@ -457,13 +391,7 @@ impl Proxy {
     fn on_cancel(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
         let key = server_key(msg, Some(b"INVITE"));
         let Some(&id) = self.by_server.get(&key) else {
-            self.reply(
-                msg,
-                source,
-                Answer::new(481, "Call/Transaction Does Not Exist"),
-                &[],
-                out,
-            );
+            self.reply(msg, source, Answer::new(481, "Call/Transaction Does Not Exist"), &[], out);
             return;
         };
         self.reply(msg, source, Answer::new(200, "OK"), &[], out);
@@ -475,10 +403,7 @@ impl Proxy {
         }
         tx.cancelled = true;
         tracing::debug!(event = "call.cancelled", call_id = %String::from_utf8_lossy(&tx.call_id), "CANCEL");
-        let provisional = tx
-            .branch
-            .as_ref()
-            .is_some_and(|b| b.state == ClientState::Proceeding);
+        let provisional = tx.branch.as_ref().is_some_and(|b| b.state == ClientState::Proceeding);
         if provisional {
             self.send_cancel(now, id, out);
         }

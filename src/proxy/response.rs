@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::call::CallEnd;
 use super::dialog::Phase;
 use super::forward;
 use super::timer::{LINGER, T1, TIMER_C, Timer};
@@ -23,9 +24,7 @@ impl Proxy {
         out: &mut Vec<Action>,
     ) {
         let status = msg.status().unwrap_or(0);
-        let top = msg
-            .first(HeaderName::Via)
-            .and_then(|h| via::parse_first(msg.bytes(h.value)));
+        let top = msg.first(HeaderName::Via).and_then(|h| via::parse_first(msg.bytes(h.value)));
         let Some(top) = top.filter(|v| self.me.is_my_via(v.host, v.port)) else {
             return self.stray(now, source, msg, "response whose top Via is not ours");
         };
@@ -35,10 +34,7 @@ impl Proxy {
         let id = top.branch.and_then(|b| self.by_branch.get(b).copied());
         if cseq_method == b"CANCEL" {
             // The gateway's answer to our CANCEL: stop retransmitting it.
-            if let Some(branch) = id
-                .and_then(|id| self.txs.get_mut(&id))
-                .and_then(|t| t.branch.as_mut())
-            {
+            if let Some(branch) = id.and_then(|id| self.txs.get_mut(&id)).and_then(|t| t.branch.as_mut()) {
                 if status >= 200 {
                     branch.cancel = Some(Bytes::new());
                 }
@@ -59,14 +55,7 @@ impl Proxy {
         }
     }
 
-    fn provisional(
-        &mut self,
-        now: Instant,
-        id: TxId,
-        status: u16,
-        msg: &Message<'_>,
-        out: &mut Vec<Action>,
-    ) {
+    fn provisional(&mut self, now: Instant, id: TxId, status: u16, msg: &Message<'_>, out: &mut Vec<Action>) {
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
@@ -78,9 +67,12 @@ impl Proxy {
         }
         let first = branch.state == ClientState::Calling;
         branch.state = ClientState::Proceeding;
-        let number = branch.number;
         if first && tx.is_invite {
-            self.timers.at(now + TIMER_C, Timer::Ringing(id, number));
+            // Timer B only covers silence; from now on Timer C watches the ringing.
+            if let Some(key) = branch.no_answer.take() {
+                self.timers.cancel(key);
+            }
+            branch.ringing = Some(self.timers.at(now + TIMER_C, Timer::Ringing(id, branch.number)));
         }
         let cancel_now = tx.cancelled && tx.branch.as_ref().is_some_and(|b| b.cancel.is_none());
         if status > 100 && !tx.final_sent() {
@@ -102,15 +94,13 @@ impl Proxy {
         let to = tx.reply_to;
         let first = tx.server == ServerState::Proceeding;
         if let Some(b) = tx.branch.as_mut() {
-            b.state = ClientState::Done;
+            b.settle(&mut self.timers);
         }
         if first {
-            tx.server = if tx.is_invite {
-                ServerState::Accepted
-            } else {
-                ServerState::Completed
-            };
-            tx.last_response = Some(data.clone());
+            tx.server = if tx.is_invite { ServerState::Accepted } else { ServerState::Completed };
+            // An accepted INVITE absorbs retransmissions silently and 2xx retransmissions
+            // come from the gateway: nothing to keep. A non-INVITE re-sends its answer.
+            tx.last_response = if tx.is_invite { None } else { Some(data.clone()) };
             tx.request = Bytes::new();
             let linger = if tx.is_invite || to.transport == Transport::Udp {
                 LINGER
@@ -122,7 +112,7 @@ impl Proxy {
                 let callee = tx.branch.as_ref().map(|b| b.target);
                 let call_id = tx.call_id.clone();
                 let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
-                self.confirm_dialog(now, &call_id, to_tag, callee);
+                self.confirm_call(now, &call_id, to_tag, callee);
             }
         }
         // Every 2xx to an INVITE is forwarded, retransmissions included: only the caller's
@@ -132,42 +122,7 @@ impl Proxy {
         }
     }
 
-    fn confirm_dialog(
-        &mut self,
-        now: Instant,
-        call_id: &Bytes,
-        to_tag: Option<Bytes>,
-        callee: Option<Peer>,
-    ) {
-        let max_call = self.config.limits.max_call;
-        let generation = self.next_seq();
-        let Some(d) = self.dialogs.get_mut(call_id) else {
-            return;
-        };
-        if d.phase != Phase::Early {
-            return;
-        }
-        d.phase = Phase::Confirmed;
-        d.callee_tag = to_tag;
-        if let Some(c) = callee {
-            d.callee = c;
-        }
-        d.generation = generation;
-        self.timers.at(
-            now + max_call,
-            Timer::DialogExpiry(call_id.to_vec(), generation),
-        );
-        tracing::debug!(event = "call.answered", call_id = %String::from_utf8_lossy(call_id), "2xx");
-    }
-
-    fn failure(
-        &mut self,
-        now: Instant,
-        id: TxId,
-        status: u16,
-        msg: &Message<'_>,
-        out: &mut Vec<Action>,
-    ) {
+    fn failure(&mut self, now: Instant, id: TxId, status: u16, msg: &Message<'_>, out: &mut Vec<Action>) {
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
@@ -175,19 +130,23 @@ impl Proxy {
             return;
         };
         let retransmission = branch.state == ClientState::Done;
-        branch.state = ClientState::Done;
-        // The proxy ACKs a non-2xx itself, hop by hop (RFC 3261 §17.1.1.3).
-        let ack = if tx.is_invite {
-            let to_line = msg.first(HeaderName::To).map(|h| h.line.of(msg.buf));
-            crate::sip::parse(&branch.request).ok().map(|fwd| {
-                (
-                    branch.target,
-                    Bytes::from(crate::sip::reply::hop_request(&fwd, "ACK", to_line)),
-                )
-            })
-        } else {
+        // The proxy ACKs a non-2xx itself, hop by hop (RFC 3261 §17.1.1.3); a repeated final
+        // answer gets the same ACK again.
+        let ack = if !tx.is_invite {
             None
+        } else if retransmission {
+            branch.ack.clone()
+        } else {
+            let to_line = msg.first(HeaderName::To).map(|h| h.line.of(msg.buf));
+            let built = crate::sip::parse(&branch.request)
+                .ok()
+                .map(|fwd| Bytes::from(crate::sip::reply::hop_request(&fwd, "ACK", to_line)));
+            branch.ack.clone_from(&built);
+            built
         };
+        let target = branch.target;
+        branch.settle(&mut self.timers);
+        let ack = ack.map(|a| (target, a));
         let done = retransmission || tx.final_sent();
         if let Some((target, ack)) = ack {
             self.send(out, target, ack, None, true);
@@ -219,13 +178,7 @@ impl Proxy {
 
     /// Sends a final non-2xx upstream and moves the server side to Completed: retransmitted
     /// over UDP until the caller's ACK (Timer G), forgotten after Timer H. Ends the call.
-    pub(super) fn finish_with(
-        &mut self,
-        now: Instant,
-        id: TxId,
-        data: Bytes,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn finish_with(&mut self, now: Instant, id: TxId, data: Bytes, out: &mut Vec<Action>) {
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
@@ -239,30 +192,17 @@ impl Proxy {
             tx.final_interval = T1;
             self.timers.at(now + T1, Timer::ResendFinal(id));
         }
-        let linger = if to.transport == Transport::Udp || is_invite {
-            LINGER
-        } else {
-            std::time::Duration::ZERO
-        };
+        let linger =
+            if to.transport == Transport::Udp || is_invite { LINGER } else { std::time::Duration::ZERO };
         self.timers.at(now + linger, Timer::Forget(id));
-        if creates_dialog {
-            if let Some(d) = self.dialogs.get(&call_id) {
-                if d.phase == Phase::Early {
-                    self.dialogs.remove(&call_id);
-                }
-            }
+        if creates_dialog && self.dialogs.get(&call_id).is_some_and(|d| d.phase == Phase::Early) {
+            self.drop_call(&call_id, CallEnd::Failed);
         }
         self.send(out, to, data, None, false);
     }
 
     /// Forwards a response with no transaction along its Via (RFC 3261 §16.7 / §18.2.2).
-    fn forward_stateless(
-        &mut self,
-        now: Instant,
-        source: Peer,
-        msg: &Message<'_>,
-        out: &mut Vec<Action>,
-    ) {
+    fn forward_stateless(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
         let Some(via_h) = msg.first(HeaderName::Via) else {
             return;
         };
@@ -270,18 +210,10 @@ impl Proxy {
         let next = if all.len() > 1 {
             all.get(1).cloned()
         } else {
-            msg.all(HeaderName::Via)
-                .nth(1)
-                .and_then(|h| via::parse_first(msg.bytes(h.value)))
+            msg.all(HeaderName::Via).nth(1).and_then(|h| via::parse_first(msg.bytes(h.value)))
         };
         let Some(target) = next.as_ref().and_then(|v| {
-            v.response_target().map(|addr| {
-                if v.is_tcp() {
-                    Peer::tcp(addr, None)
-                } else {
-                    Peer::udp(addr)
-                }
-            })
+            v.response_target().map(|addr| if v.is_tcp() { Peer::tcp(addr, None) } else { Peer::udp(addr) })
         }) else {
             return self.stray(now, source, msg, "no Via to forward the response to");
         };

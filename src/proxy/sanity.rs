@@ -17,10 +17,7 @@ const fn bad(reason: &'static str) -> Refusal {
 /// Call-ID and CSeq; without them the message is dropped.
 pub fn answerable(msg: &Message<'_>) -> bool {
     msg.is_request()
-        && msg
-            .first(HeaderName::Via)
-            .and_then(|h| via::parse_first(msg.bytes(h.value)))
-            .is_some()
+        && msg.first(HeaderName::Via).and_then(|h| via::parse_first(msg.bytes(h.value))).is_some()
         && msg.first(HeaderName::From).is_some()
         && msg.first(HeaderName::To).is_some()
         && msg.call_id().is_some()
@@ -29,13 +26,9 @@ pub fn answerable(msg: &Message<'_>) -> bool {
 
 /// Checks a request; `Ok` means the proxy may route it.
 pub fn check_request(msg: &Message<'_>) -> Result<(), Refusal> {
-    for name in [
-        HeaderName::CallId,
-        HeaderName::From,
-        HeaderName::To,
-        HeaderName::CSeq,
-        HeaderName::MaxForwards,
-    ] {
+    for name in
+        [HeaderName::CallId, HeaderName::From, HeaderName::To, HeaderName::CSeq, HeaderName::MaxForwards]
+    {
         if msg.all(name).nth(1).is_some() {
             return Err(bad(match name {
                 HeaderName::CallId => "Duplicate Call-ID",
@@ -61,18 +54,10 @@ pub fn check_request(msg: &Message<'_>) -> Result<(), Refusal> {
     }
     for name in [HeaderName::From, HeaderName::To] {
         let Some(value) = msg.value(name) else {
-            return Err(bad(if name == HeaderName::From {
-                "Missing From"
-            } else {
-                "Missing To"
-            }));
+            return Err(bad(if name == HeaderName::From { "Missing From" } else { "Missing To" }));
         };
         if crate::sip::name_addr::NameAddr::parse(value).is_none() {
-            return Err(bad(if name == HeaderName::From {
-                "Malformed From"
-            } else {
-                "Malformed To"
-            }));
+            return Err(bad(if name == HeaderName::From { "Malformed From" } else { "Malformed To" }));
         }
     }
     let mut vias = 0;
@@ -113,33 +98,20 @@ mod tests {
         assert_eq!(check(ok), Ok(()));
         let text = std::str::from_utf8(ok).unwrap();
         assert_eq!(
-            check(text.replace("1 OPTIONS", "1 INVITE").as_bytes())
-                .unwrap_err()
-                .reason,
+            check(text.replace("1 OPTIONS", "1 INVITE").as_bytes()).unwrap_err().reason,
             "CSeq Method Mismatch"
         );
         assert_eq!(
-            check(text.replace("Call-ID: c\r\n", "").as_bytes())
-                .unwrap_err()
-                .reason,
+            check(text.replace("Call-ID: c\r\n", "").as_bytes()).unwrap_err().reason,
             "Missing Call-ID"
         );
+        assert_eq!(check(text.replace("sip:1@h SIP", "foo:bar SIP").as_bytes()).unwrap_err().status, 416);
         assert_eq!(
-            check(text.replace("sip:1@h SIP", "foo:bar SIP").as_bytes())
-                .unwrap_err()
-                .status,
-            416
-        );
-        assert_eq!(
-            check(text.replace("l: 0", "Max-Forwards: 300\r\nl: 0").as_bytes())
-                .unwrap_err()
-                .reason,
+            check(text.replace("l: 0", "Max-Forwards: 300\r\nl: 0").as_bytes()).unwrap_err().reason,
             "Malformed Max-Forwards"
         );
         assert_eq!(
-            check(text.replace("UDP a;", "UDP a;;,;,,").as_bytes())
-                .unwrap_err()
-                .reason,
+            check(text.replace("UDP a;", "UDP a;;,;,,").as_bytes()).unwrap_err().reason,
             "Malformed Via"
         );
     }

@@ -37,11 +37,7 @@ pub fn stamp(msg: &Message<'_>, source: Peer, splice: &mut Splice<'_>) -> Option
     Some(match source.transport {
         Transport::Tcp => source,
         Transport::Udp => {
-            let port = if wants_rport {
-                source.addr.port()
-            } else {
-                top.port.unwrap_or(5060)
-            };
+            let port = if wants_rport { source.addr.port() } else { top.port.unwrap_or(5060) };
             Peer::udp(SocketAddr::new(src_ip, port))
         }
     })
@@ -71,27 +67,16 @@ mod tests {
 
     #[test]
     fn rport_and_received() {
-        let (line, to) = run(
-            "Via: SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKa",
-            "203.0.113.7:40000",
-        );
-        assert_eq!(
-            line,
-            "Via: SIP/2.0/UDP 10.0.0.1:5060;rport=40000;branch=z9hG4bKa;received=203.0.113.7"
-        );
+        let (line, to) = run("Via: SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKa", "203.0.113.7:40000");
+        assert_eq!(line, "Via: SIP/2.0/UDP 10.0.0.1:5060;rport=40000;branch=z9hG4bKa;received=203.0.113.7");
         assert_eq!(to, Some(Peer::udp("203.0.113.7:40000".parse().unwrap())));
 
-        let (line, to) = run(
-            "Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKb",
-            "192.0.2.1:5062",
-        );
+        let (line, to) = run("Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKb", "192.0.2.1:5062");
         assert_eq!(line, "Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKb");
         assert_eq!(to, Some(Peer::udp("192.0.2.1:5062".parse().unwrap())));
 
-        let (line, to) = run(
-            "v: SIP/2.0/UDP host.example.com;branch=z9hG4bKc, SIP/2.0/UDP x",
-            "[2001:db8::9]:5060",
-        );
+        let (line, to) =
+            run("v: SIP/2.0/UDP host.example.com;branch=z9hG4bKc, SIP/2.0/UDP x", "[2001:db8::9]:5060");
         assert_eq!(
             line,
             "v: SIP/2.0/UDP host.example.com;branch=z9hG4bKc;received=2001:db8::9, SIP/2.0/UDP x"

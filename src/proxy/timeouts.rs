@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::call::CallEnd;
 use super::timer::{T2, TIMER_C, Timer};
 use super::transaction::{ClientState, Failure, ServerState, TxId};
 use super::{Action, Proxy};
@@ -19,14 +20,12 @@ impl Proxy {
             Timer::ResendFinal(id) => self.resend_final(now, id, out),
             Timer::ResendCancel(id, n) => self.resend_cancel(now, id, n, out),
             Timer::Forget(id) => self.forget(id),
-            Timer::DialogExpiry(call_id, generation) => {
-                if self
-                    .dialogs
-                    .get(&call_id[..])
-                    .is_some_and(|d| d.generation == generation)
-                {
-                    self.dialogs.remove(&call_id[..]);
-                }
+            Timer::DialogExpiry(call_id) => {
+                let why = match self.dialogs.get(&call_id[..]).map(|d| d.phase) {
+                    Some(super::dialog::Phase::Ending) => CallEnd::Hangup,
+                    _ => CallEnd::Expired,
+                };
+                self.drop_call(&call_id, why);
             }
         }
     }
@@ -61,14 +60,7 @@ impl Proxy {
     }
 
     /// Timer B/F, or a transport failure: this gateway is out; try the next or answer.
-    pub(super) fn no_answer(
-        &mut self,
-        now: Instant,
-        id: TxId,
-        n: u32,
-        why: Failure,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn no_answer(&mut self, now: Instant, id: TxId, n: u32, why: Failure, out: &mut Vec<Action>) {
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
@@ -84,7 +76,7 @@ impl Proxy {
         if !silent || final_sent {
             return;
         }
-        b.state = ClientState::Done;
+        b.settle(&mut self.timers);
         tx.failure = why;
         let gateway = b.target;
         tracing::info!(
@@ -141,10 +133,7 @@ impl Proxy {
             return;
         };
         if tx.final_sent()
-            || tx
-                .branch
-                .as_ref()
-                .is_none_or(|b| b.number != n || b.state != ClientState::Proceeding)
+            || tx.branch.as_ref().is_none_or(|b| b.number != n || b.state != ClientState::Proceeding)
         {
             return;
         }
@@ -152,14 +141,17 @@ impl Proxy {
             // Cancelled a full Timer C ago and still no final answer: give up on the gateway.
             tx.failure = Failure::Timeout;
             if let Some(b) = tx.branch.as_mut() {
-                b.state = ClientState::Done;
+                b.settle(&mut self.timers);
             }
             self.answer_ourselves(now, id, out);
             return;
         }
         tx.failure = Failure::Timeout;
         self.send_cancel(now, id, out);
-        self.timers.at(now + TIMER_C, Timer::Ringing(id, n));
+        let key = self.timers.at(now + TIMER_C, Timer::Ringing(id, n));
+        if let Some(b) = self.txs.get_mut(&id).and_then(|t| t.branch.as_mut()) {
+            b.ringing = Some(key);
+        }
     }
 
     /// Timer G: the final non-2xx goes upstream again until the ACK arrives.
@@ -180,12 +172,7 @@ impl Proxy {
     }
 
     fn resend_cancel(&mut self, now: Instant, id: TxId, n: u32, out: &mut Vec<Action>) {
-        let Some(b) = self
-            .txs
-            .get_mut(&id)
-            .and_then(|t| t.branch.as_mut())
-            .filter(|b| b.number == n)
-        else {
+        let Some(b) = self.txs.get_mut(&id).and_then(|t| t.branch.as_mut()).filter(|b| b.number == n) else {
             return;
         };
         if b.state == ClientState::Done {
@@ -209,7 +196,8 @@ impl Proxy {
             if self.by_server.get(&tx.server_key) == Some(&id) {
                 self.by_server.remove(&tx.server_key);
             }
-            if let Some(b) = tx.branch {
+            if let Some(mut b) = tx.branch {
+                b.settle(&mut self.timers);
                 self.by_branch.remove(&b.id);
             }
         }
@@ -217,13 +205,7 @@ impl Proxy {
 
     /// The transport could not deliver a request of transaction `id` to `to` (TCP connect
     /// refused or reset): fail over at once instead of waiting for Timer B.
-    pub fn on_send_failed(
-        &mut self,
-        now: Instant,
-        id: TxId,
-        to: crate::peer::Peer,
-        out: &mut Vec<Action>,
-    ) {
+    pub fn on_send_failed(&mut self, now: Instant, id: TxId, to: crate::peer::Peer, out: &mut Vec<Action>) {
         let Some(n) = self
             .txs
             .get(&id)

@@ -1,9 +1,9 @@
 //! Timers as data: the core schedules `(deadline, Timer)` and the I/O layer calls
-//! `Proxy::on_timer(now)` when the earliest deadline passes. A timer that no longer matches
-//! its transaction's state (answered, failed over, removed) is ignored when it fires.
+//! `Proxy::on_timer(now)` when the earliest deadline passes. Long timers are cancelled when
+//! their reason goes away; a short one that no longer matches its transaction's state
+//! (answered, failed over, removed) is ignored when it fires.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
@@ -34,41 +34,50 @@ pub enum Timer {
     /// Timers H/I/J/L: forget the transaction.
     Forget(TxId),
     /// A dialog's lifetime (max_call_seconds, or the linger after BYE) ran out.
-    DialogExpiry(Vec<u8>, u64),
+    DialogExpiry(Vec<u8>),
 }
 
+/// Identifies a scheduled timer, for cancelling it.
+pub type TimerKey = (Instant, u64);
+
+/// Scheduled timers in deadline order. Cancellation removes the entry, so the map holds only
+/// live timers: a call's 12-hour `max_call_seconds` timer does not outlive the call.
 #[derive(Debug, Default)]
 pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
+    map: BTreeMap<TimerKey, Timer>,
     seq: u64,
 }
 
 impl Timers {
-    pub fn at(&mut self, when: Instant, timer: Timer) {
+    pub fn at(&mut self, when: Instant, timer: Timer) -> TimerKey {
         self.seq += 1;
-        self.heap.push(Reverse((when, self.seq, timer)));
+        let key = (when, self.seq);
+        self.map.insert(key, timer);
+        key
+    }
+
+    pub fn cancel(&mut self, key: TimerKey) {
+        self.map.remove(&key);
     }
 
     /// The earliest deadline, for the I/O layer's sleep.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((when, _, _))| *when)
+        self.map.first_key_value().map(|((when, _), _)| *when)
     }
 
     /// Pops the next timer due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
-        match self.heap.peek() {
-            Some(Reverse((when, _, _))) if *when <= now => {
-                self.heap.pop().map(|Reverse((_, _, t))| t)
-            }
+        match self.map.first_key_value() {
+            Some(((when, _), _)) if *when <= now => self.map.pop_first().map(|(_, t)| t),
             _ => None,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.map.is_empty()
     }
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::timer::{TimerKey, Timers};
 use crate::peer::Peer;
 
 pub type TxId = u64;
@@ -44,6 +45,24 @@ pub struct Branch {
     pub interval: std::time::Duration,
     /// CANCEL sent on this branch (and its bytes, for retransmission over UDP).
     pub cancel: Option<Bytes>,
+    /// The ACK the proxy sent for a non-2xx final answer, re-sent if the answer is repeated.
+    pub ack: Option<Bytes>,
+    /// Timer B/F, cancelled once the gateway answers.
+    pub no_answer: Option<TimerKey>,
+    /// Timer C, cancelled on the final answer.
+    pub ringing: Option<TimerKey>,
+}
+
+impl Branch {
+    /// The gateway gave its final answer: stop the long timers and free the request bytes
+    /// (the transaction may linger 32 s; it should not hold a 1 KB INVITE meanwhile).
+    pub fn settle(&mut self, timers: &mut Timers) {
+        self.state = ClientState::Done;
+        for key in [self.no_answer.take(), self.ringing.take()].into_iter().flatten() {
+            timers.cancel(key);
+        }
+        self.request = Bytes::new();
+    }
 }
 
 /// Why the caller is still waiting, for the answer the proxy gives if no gateway does.

@@ -13,11 +13,7 @@ pub struct Splice<'a> {
 
 impl<'a> Splice<'a> {
     pub fn new(src: &'a [u8]) -> Self {
-        Self {
-            src,
-            edits: Vec::with_capacity(8),
-            scratch: Vec::with_capacity(256),
-        }
+        Self { src, edits: Vec::with_capacity(8), scratch: Vec::with_capacity(256) }
     }
 
     /// Replaces `range` of the source with `with`. Edits may be added in any order; two

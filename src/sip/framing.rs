@@ -32,23 +32,13 @@ pub enum FrameError {
 
 /// Looks for one complete message at the start of `buf`, never reading past `max` bytes.
 pub fn frame(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
-    let lead = buf
-        .iter()
-        .take_while(|b| **b == b'\r' || **b == b'\n')
-        .count();
+    let lead = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
     if lead > 0 {
-        return Ok(Frame::KeepAlive {
-            consumed: lead,
-            pong: buf[..lead].starts_with(b"\r\n\r\n"),
-        });
+        return Ok(Frame::KeepAlive { consumed: lead, pong: buf[..lead].starts_with(b"\r\n\r\n") });
     }
     let window = &buf[..buf.len().min(max)];
     let Some(header_end) = find_header_end(window) else {
-        return if buf.len() >= max {
-            Err(FrameError::TooLarge(max))
-        } else {
-            Ok(Frame::Incomplete)
-        };
+        return if buf.len() >= max { Err(FrameError::TooLarge(max)) } else { Ok(Frame::Incomplete) };
     };
     let mut content_length = None;
     let mut pos = 0;
@@ -69,9 +59,7 @@ pub fn frame(buf: &[u8], max: usize) -> Result<Frame, FrameError> {
         pos = nl + 1;
     }
     let body = content_length.ok_or(FrameError::MissingContentLength)?;
-    let len = header_end
-        .checked_add(body)
-        .ok_or(FrameError::TooLarge(max))?;
+    let len = header_end.checked_add(body).ok_or(FrameError::TooLarge(max))?;
     if len > max {
         return Err(FrameError::TooLarge(max));
     }
@@ -108,44 +96,18 @@ mod tests {
         let mut two = one.to_vec();
         two.extend_from_slice(b"BYE sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(frame(&two, 65536), Ok(Frame::Message { len: one.len() }));
-        assert_eq!(
-            frame(&two[one.len()..], 65536),
-            Ok(Frame::Message {
-                len: two.len() - one.len()
-            })
-        );
+        assert_eq!(frame(&two[one.len()..], 65536), Ok(Frame::Message { len: two.len() - one.len() }));
         assert_eq!(frame(&one[..20], 65536), Ok(Frame::Incomplete));
         assert_eq!(frame(&one[..one.len() - 1], 65536), Ok(Frame::Incomplete));
     }
 
     #[test]
     fn keepalive_and_errors() {
-        assert_eq!(
-            frame(b"\r\n\r\n", 100),
-            Ok(Frame::KeepAlive {
-                consumed: 4,
-                pong: true
-            })
-        );
-        assert_eq!(
-            frame(b"\r\n", 100),
-            Ok(Frame::KeepAlive {
-                consumed: 2,
-                pong: false
-            })
-        );
-        assert_eq!(
-            frame(b"BYE sip:a@b SIP/2.0\r\n\r\n", 100),
-            Err(FrameError::MissingContentLength)
-        );
-        assert_eq!(
-            frame(b"BYE sip:a@b SIP/2.0\r\nl: -5\r\n\r\n", 100),
-            Err(FrameError::BadContentLength)
-        );
-        assert_eq!(
-            frame(b"BYE sip:a@b SIP/2.0\r\nl: 500\r\n\r\n", 100),
-            Err(FrameError::TooLarge(100))
-        );
+        assert_eq!(frame(b"\r\n\r\n", 100), Ok(Frame::KeepAlive { consumed: 4, pong: true }));
+        assert_eq!(frame(b"\r\n", 100), Ok(Frame::KeepAlive { consumed: 2, pong: false }));
+        assert_eq!(frame(b"BYE sip:a@b SIP/2.0\r\n\r\n", 100), Err(FrameError::MissingContentLength));
+        assert_eq!(frame(b"BYE sip:a@b SIP/2.0\r\nl: -5\r\n\r\n", 100), Err(FrameError::BadContentLength));
+        assert_eq!(frame(b"BYE sip:a@b SIP/2.0\r\nl: 500\r\n\r\n", 100), Err(FrameError::TooLarge(100)));
         assert_eq!(frame(&[b'A'; 200], 100), Err(FrameError::TooLarge(100)));
     }
 }

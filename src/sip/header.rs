@@ -61,23 +61,14 @@ impl HeaderName {
             19 => (b"proxy-authorization", Self::ProxyAuthorization),
             _ => return Self::Other,
         };
-        if candidate.0.eq_ignore_ascii_case(name) {
-            candidate.1
-        } else {
-            Self::Other
-        }
+        if candidate.0.eq_ignore_ascii_case(name) { candidate.1 } else { Self::Other }
     }
 
     /// Headers that RFC 3261 allows only once per message; a second copy is a 400.
     pub fn is_single(self) -> bool {
         matches!(
             self,
-            Self::CallId
-                | Self::From
-                | Self::To
-                | Self::CSeq
-                | Self::MaxForwards
-                | Self::ContentLength
+            Self::CallId | Self::From | Self::To | Self::CSeq | Self::MaxForwards | Self::ContentLength
         )
     }
 }
@@ -93,10 +84,7 @@ mod tests {
         assert_eq!(HeaderName::classify(b"i"), HeaderName::CallId);
         assert_eq!(HeaderName::classify(b"Call-ID"), HeaderName::CallId);
         assert_eq!(HeaderName::classify(b"l"), HeaderName::ContentLength);
-        assert_eq!(
-            HeaderName::classify(b"MaX-fOrWaRdS"),
-            HeaderName::MaxForwards
-        );
+        assert_eq!(HeaderName::classify(b"MaX-fOrWaRdS"), HeaderName::MaxForwards);
         assert_eq!(HeaderName::classify(b"X-Custom"), HeaderName::Other);
         assert_eq!(HeaderName::classify(b"k"), HeaderName::Other);
     }

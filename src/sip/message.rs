@@ -21,10 +21,7 @@ pub struct Span {
 
 impl Span {
     pub fn new(start: usize, end: usize) -> Self {
-        Self {
-            start: start as u32,
-            end: end as u32,
-        }
+        Self { start: start as u32, end: end as u32 }
     }
 
     pub fn range(self) -> Range<usize> {
@@ -76,15 +73,8 @@ impl Method {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartLine {
-    Request {
-        method: Method,
-        method_name: Span,
-        uri: Span,
-    },
-    Response {
-        code: u16,
-        reason: Span,
-    },
+    Request { method: Method, method_name: Span, uri: Span },
+    Response { code: u16, reason: Span },
 }
 
 /// One header field as received. `value` runs from the first non-blank byte after the colon
@@ -271,11 +261,7 @@ fn is_token(b: u8) -> bool {
 /// The next line of `buf` from `pos`: (content end, next line start). Accepts CRLF or bare LF.
 fn next_line(buf: &[u8], pos: usize) -> Option<(usize, usize)> {
     let nl = memchr::memchr(b'\n', buf.get(pos..)?)? + pos;
-    let end = if nl > pos && buf[nl - 1] == b'\r' {
-        nl - 1
-    } else {
-        nl
-    };
+    let end = if nl > pos && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
     Some((end, nl + 1))
 }
 
@@ -283,19 +269,13 @@ fn next_line(buf: &[u8], pos: usize) -> Option<(usize, usize)> {
 /// On a datagram, bytes past Content-Length are ignored (RFC 3261 §18.3); on a stream, the
 /// framer hands over exactly one message.
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
-    let mut pos = buf
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .ok_or(ParseError::Incomplete)?;
+    let mut pos = buf.iter().position(|b| *b != b'\r' && *b != b'\n').ok_or(ParseError::Incomplete)?;
     let (line_end, mut next) = next_line(buf, pos).ok_or(ParseError::Incomplete)?;
     let crlf: &'static [u8] = if line_end < next - 1 { b"\r\n" } else { b"\n" };
     let start_line = Span::new(pos, line_end);
     let (start, start_error) = match parse_start_line(buf, pos, line_end) {
         Ok(start) => (start, None),
-        Err(e) => (
-            lenient_request_line(buf, pos, line_end).ok_or(e.clone())?,
-            Some(e),
-        ),
+        Err(e) => (lenient_request_line(buf, pos, line_end).ok_or(e.clone())?, Some(e)),
     };
     pos = next;
 
@@ -326,20 +306,13 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
             pos = next;
             continue;
         }
-        let colon =
-            memchr::memchr(b':', &buf[pos..end]).ok_or(ParseError::HeaderLine(line_no))? + pos;
-        let name_end = buf[pos..colon]
-            .iter()
-            .rposition(|b| !is_lws(*b))
-            .map_or(pos, |i| pos + i + 1);
+        let colon = memchr::memchr(b':', &buf[pos..end]).ok_or(ParseError::HeaderLine(line_no))? + pos;
+        let name_end = buf[pos..colon].iter().rposition(|b| !is_lws(*b)).map_or(pos, |i| pos + i + 1);
         let name = &buf[pos..name_end];
         if name.is_empty() || !name.iter().all(|b| is_token(*b)) {
             return Err(ParseError::HeaderLine(line_no));
         }
-        let value_start = buf[colon + 1..end]
-            .iter()
-            .position(|b| !is_lws(*b))
-            .map_or(end, |i| colon + 1 + i);
+        let value_start = buf[colon + 1..end].iter().position(|b| !is_lws(*b)).map_or(end, |i| colon + 1 + i);
         let value_end = buf[value_start..end]
             .iter()
             .rposition(|b| !is_lws(*b))
@@ -354,10 +327,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     }
 
     let mut body_error = None;
-    for h in headers
-        .iter()
-        .filter(|h| h.name == HeaderName::ContentLength)
-    {
+    for h in headers.iter().filter(|h| h.name == HeaderName::ContentLength) {
         if content_length.is_some() {
             body_error = Some(ParseError::DuplicateContentLength);
             break;
@@ -426,10 +396,7 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, P
             return Err(ParseError::StartLine);
         }
         let reason_start = (start + 12).min(end);
-        return Ok(StartLine::Response {
-            code,
-            reason: Span::new(reason_start, end),
-        });
+        return Ok(StartLine::Response { code, reason: Span::new(reason_start, end) });
     }
     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
         return Err(ParseError::Version);
@@ -450,13 +417,11 @@ fn parse_start_line(buf: &[u8], start: usize, end: usize) -> Result<StartLine, P
         return Err(ParseError::StartLine);
     }
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
-        return Err(
-            if version.len() >= 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
-                ParseError::Version
-            } else {
-                ParseError::StartLine
-            },
-        );
+        return Err(if version.len() >= 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
+            ParseError::Version
+        } else {
+            ParseError::StartLine
+        });
     }
     Ok(StartLine::Request {
         method: Method::classify(method),
@@ -520,42 +485,20 @@ v=0\r\n";
             body_error(b"INVITE sip:a@b SIP/2.0\r\nl: 10\r\n\r\nabc"),
             Some(ParseError::BodyTruncated)
         );
-        assert_eq!(
-            body_error(b"INVITE sip:a@b SIP/2.0\r\nl: -1\r\n\r\n"),
-            Some(ParseError::ContentLength)
-        );
+        assert_eq!(body_error(b"INVITE sip:a@b SIP/2.0\r\nl: -1\r\n\r\n"), Some(ParseError::ContentLength));
         assert_eq!(
             body_error(b"INVITE sip:a@b SIP/2.0\r\nl: 0\r\nContent-Length: 0\r\n\r\n"),
             Some(ParseError::DuplicateContentLength)
         );
+        assert_eq!(parse(b"INVITE sip:a@b SIP/2.0\r\nl: 0\r\n").unwrap_err(), ParseError::Incomplete);
         assert_eq!(
-            parse(b"INVITE sip:a@b SIP/2.0\r\nl: 0\r\n").unwrap_err(),
-            ParseError::Incomplete
-        );
-        assert_eq!(
-            parse(b"INVITE  sip:a@b SIP/2.0\r\n\r\n")
-                .unwrap()
-                .start_error,
+            parse(b"INVITE  sip:a@b SIP/2.0\r\n\r\n").unwrap().start_error,
             Some(ParseError::StartLine)
         );
-        assert_eq!(
-            parse(b"INVITE sip:a@b SIP/3.0\r\n\r\n")
-                .unwrap()
-                .start_error,
-            Some(ParseError::Version)
-        );
-        assert_eq!(
-            parse(b"SIP/3.0 200 OK\r\n\r\n").unwrap_err(),
-            ParseError::Version
-        );
-        assert_eq!(
-            parse(b"SIP/2.0 4294967301 x\r\n\r\n").unwrap_err(),
-            ParseError::StartLine
-        );
-        assert_eq!(
-            parse(b"\x00\x01garbage\r\n\r\n").unwrap_err(),
-            ParseError::StartLine
-        );
+        assert_eq!(parse(b"INVITE sip:a@b SIP/3.0\r\n\r\n").unwrap().start_error, Some(ParseError::Version));
+        assert_eq!(parse(b"SIP/3.0 200 OK\r\n\r\n").unwrap_err(), ParseError::Version);
+        assert_eq!(parse(b"SIP/2.0 4294967301 x\r\n\r\n").unwrap_err(), ParseError::StartLine);
+        assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").unwrap_err(), ParseError::StartLine);
     }
 
     #[test]

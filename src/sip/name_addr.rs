@@ -33,10 +33,7 @@ impl NameAddr {
             } else if b == b'<' {
                 let close = memchr::memchr(b'>', &value[i..])? + i;
                 let params_start = close + 1;
-                return Some(Self {
-                    uri: i + 1..close,
-                    params: params_start..value.len(),
-                });
+                return Some(Self { uri: i + 1..close, params: params_start..value.len() });
             }
             i += 1;
         }
@@ -45,18 +42,9 @@ impl NameAddr {
         }
         // addr-spec form: the URI cannot carry parameters; the first ';' starts header params.
         let semi = memchr::memchr(b';', value).unwrap_or(value.len());
-        let start = value
-            .iter()
-            .position(|b| !super::message::is_lws(*b))
-            .unwrap_or(0);
-        let end = value[..semi]
-            .iter()
-            .rposition(|b| !super::message::is_lws(*b))
-            .map_or(start, |p| p + 1);
-        Some(Self {
-            uri: start..end,
-            params: semi..value.len(),
-        })
+        let start = value.iter().position(|b| !super::message::is_lws(*b)).unwrap_or(0);
+        let end = value[..semi].iter().rposition(|b| !super::message::is_lws(*b)).map_or(start, |p| p + 1);
+        Some(Self { uri: start..end, params: semi..value.len() })
     }
 
     pub fn uri_of<'a>(&self, value: &'a [u8]) -> &'a [u8] {
@@ -74,8 +62,7 @@ mod tests {
 
     #[test]
     fn forms() {
-        let v =
-            b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8";
+        let v = b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8";
         let na = NameAddr::parse(v).unwrap();
         assert_eq!(na.uri_of(v), b"sip:jdrosen@example.com");
         let tag = crate::sip::params::find(na.params_of(v), b"tag").unwrap();

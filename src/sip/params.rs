@@ -46,9 +46,7 @@ fn separators(input: &[u8], sep: u8, angles: bool) -> impl Iterator<Item = usize
 /// Iterates the parameters of `input`, which starts at (or before) the first `;`. Bytes before
 /// the first `;` are ignored.
 pub fn iter(input: &[u8]) -> impl Iterator<Item = Param<'_>> + '_ {
-    let mut cuts = separators(input, b';', false)
-        .chain(std::iter::once(input.len()))
-        .peekable();
+    let mut cuts = separators(input, b';', false).chain(std::iter::once(input.len())).peekable();
     std::iter::from_fn(move || {
         let start = cuts.next()?;
         let end = *cuts.peek()?;
@@ -67,12 +65,7 @@ pub fn iter(input: &[u8]) -> impl Iterator<Item = Param<'_>> + '_ {
                     value_range: Some(vstart..vstart + value.len()),
                 }
             }
-            None => Param {
-                name: trim(piece),
-                value: None,
-                range: start..end,
-                value_range: None,
-            },
+            None => Param { name: trim(piece), value: None, range: start..end, value_range: None },
         })
     })
 }
@@ -98,10 +91,7 @@ pub fn split_list(input: &[u8]) -> Vec<Range<usize>> {
     let mut start = 0;
     for cut in separators(input, b',', true).chain(std::iter::once(input.len())) {
         let piece = &input[start..cut];
-        let lead = piece
-            .iter()
-            .position(|b| !is_lws(*b))
-            .unwrap_or(piece.len());
+        let lead = piece.iter().position(|b| !is_lws(*b)).unwrap_or(piece.len());
         let t = trim(piece);
         if !t.is_empty() {
             out.push(start + lead..start + lead + t.len());
@@ -126,19 +116,13 @@ mod tests {
         assert_eq!(ps[1].name, b"lr");
         assert_eq!(ps[1].value, None);
         assert_eq!(ps[2].value, Some(&b"\"a;b\""[..]));
-        assert_eq!(
-            find(input, b"TAG").unwrap().value,
-            Some(&b"1918181833n"[..])
-        );
+        assert_eq!(find(input, b"TAG").unwrap().value, Some(&b"1918181833n"[..]));
     }
 
     #[test]
     fn list_split_respects_quotes_and_angles() {
         let v = b"\"a, b\" <sip:x@y;a=1,2>, <sip:z> ,sip:w";
         let parts: Vec<&[u8]> = split_list(v).into_iter().map(|r| &v[r]).collect();
-        assert_eq!(
-            parts,
-            vec![&b"\"a, b\" <sip:x@y;a=1,2>"[..], b"<sip:z>", b"sip:w"]
-        );
+        assert_eq!(parts, vec![&b"\"a, b\" <sip:x@y;a=1,2>"[..], b"<sip:z>", b"sip:w"]);
     }
 }

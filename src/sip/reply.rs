@@ -44,9 +44,7 @@ pub fn response(
                 let has_tag = req.tag(HeaderName::To).is_some();
                 match to_tag {
                     Some(tag) if status > 100 && !has_tag => {
-                        out.extend_from_slice(
-                            &req.buf[h.line.start as usize..h.value.end as usize],
-                        );
+                        out.extend_from_slice(&req.buf[h.line.start as usize..h.value.end as usize]);
                         out.extend_from_slice(b";tag=");
                         out.extend_from_slice(tag);
                         out.extend_from_slice(&req.buf[h.value.end as usize..h.line.end as usize]);
@@ -85,10 +83,7 @@ pub fn hop_request(forwarded: &Message<'_>, method: &str, to_line: Option<&[u8]>
     out.extend_from_slice(crlf);
     if let Some(via) = forwarded.first(HeaderName::Via) {
         let value = via.value.of(forwarded.buf);
-        let first = super::params::split_list(value)
-            .into_iter()
-            .next()
-            .unwrap_or(0..value.len());
+        let first = super::params::split_list(value).into_iter().next().unwrap_or(0..value.len());
         out.extend_from_slice(b"Via: ");
         out.extend_from_slice(&value[first]);
         out.extend_from_slice(crlf);
@@ -130,14 +125,7 @@ mod tests {
         let mut via = Splice::new(REQ);
         let top = m.first(HeaderName::Via).unwrap().value.end as usize;
         via.insert(top, b";received=192.0.2.1");
-        let r = response(
-            &m,
-            &mut via,
-            404,
-            "Not Found",
-            Some(b"xyz"),
-            &[("Retry-After", b"1")],
-        );
+        let r = response(&m, &mut via, 404, "Not Found", Some(b"xyz"), &[("Retry-After", b"1")]);
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("SIP/2.0 404 Not Found\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1;received=192.0.2.1\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\r\n"), "{text}");
         assert!(text.contains("To: <sip:1@h>;tag=xyz\r\n"));

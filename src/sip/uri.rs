@@ -73,10 +73,8 @@ impl<'a> Uri<'a> {
         let (user, hostport) = match memchr::memchr(b'@', rest) {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let user_end = userinfo
-                    .iter()
-                    .position(|b| *b == b':' || *b == b';')
-                    .unwrap_or(userinfo.len());
+                let user_end =
+                    userinfo.iter().position(|b| *b == b':' || *b == b';').unwrap_or(userinfo.len());
                 (Some(&userinfo[..user_end]), &rest[at + 1..])
             }
             None => (None, rest),
@@ -85,10 +83,7 @@ impl<'a> Uri<'a> {
             let close = memchr::memchr(b']', hostport).ok_or(UriError::Malformed)?;
             (&hostport[..=close], &hostport[close + 1..])
         } else {
-            let end = hostport
-                .iter()
-                .position(|b| *b == b':' || *b == b';')
-                .unwrap_or(hostport.len());
+            let end = hostport.iter().position(|b| *b == b':' || *b == b';').unwrap_or(hostport.len());
             (&hostport[..end], &hostport[end..])
         };
         if host.is_empty() {
@@ -104,14 +99,7 @@ impl<'a> Uri<'a> {
         } else {
             (None, after)
         };
-        Ok(Self {
-            scheme,
-            user,
-            host,
-            port,
-            params,
-            headers,
-        })
+        Ok(Self { scheme, user, host, port, params, headers })
     }
 
     /// The host as an IP address, if it is an IP literal (brackets stripped).
@@ -126,10 +114,7 @@ impl<'a> Uri<'a> {
 
 /// Parses an IP literal host, with or without IPv6 brackets.
 pub fn parse_host_ip(host: &[u8]) -> Option<IpAddr> {
-    let host = host
-        .strip_prefix(b"[")
-        .and_then(|h| h.strip_suffix(b"]"))
-        .unwrap_or(host);
+    let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
     std::str::from_utf8(host).ok()?.parse().ok()
 }
 
@@ -157,10 +142,9 @@ mod tests {
         assert_eq!(u.host_ip(), Some("2001:db8::10".parse().unwrap()));
         assert_eq!(u.user, None);
 
-        let u = Uri::parse(
-            b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1@example.com?Route=x",
-        )
-        .unwrap();
+        let u =
+            Uri::parse(b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1@example.com?Route=x")
+                .unwrap();
         assert_eq!(u.host, b"example.com");
         assert_eq!(u.headers, b"Route=x");
 
@@ -174,10 +158,7 @@ mod tests {
         let u = Uri::parse(b"tel:+15551230000;phone-context=x").unwrap();
         assert_eq!(u.user, Some(&b"+15551230000"[..]));
         assert_eq!(dialed_number(u.user.unwrap()), b"15551230000");
-        assert_eq!(
-            Uri::parse(b"nobodyKnowsThisScheme:opaque"),
-            Err(UriError::Scheme)
-        );
+        assert_eq!(Uri::parse(b"nobodyKnowsThisScheme:opaque"), Err(UriError::Scheme));
         assert_eq!(Uri::parse(b"sip:@"), Err(UriError::Malformed));
         assert_eq!(Uri::parse(b"sip:a@b:99999"), Err(UriError::Malformed));
     }

@@ -56,10 +56,7 @@ impl Via<'_> {
 
 /// Parses every via-parm of one Via header value.
 pub fn parse_all(value: &[u8]) -> Option<Vec<Via<'_>>> {
-    params::split_list(value)
-        .into_iter()
-        .map(|r| parse_one(value, r))
-        .collect()
+    params::split_list(value).into_iter().map(|r| parse_one(value, r)).collect()
 }
 
 /// Parses the first via-parm of a Via header value (the topmost Via of a message).
@@ -121,10 +118,7 @@ fn parse_one(value: &[u8], range: Range<usize>) -> Option<Via<'_>> {
             via.received = p.value;
             via.received_range = Some(abs);
         } else if p.name.eq_ignore_ascii_case(b"rport") {
-            via.rport = Some(
-                p.value
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
-            );
+            via.rport = Some(p.value.and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()));
             via.rport_range = Some(abs);
         }
     }
@@ -164,10 +158,7 @@ mod tests {
         assert_eq!(via.transport, b"UDP");
         assert_eq!(via.host, b"192.0.2.2");
         assert_eq!(via.branch, Some(&b"390skdjuw"[..]));
-        assert_eq!(
-            via.response_target(),
-            Some("192.0.2.2:5060".parse().unwrap())
-        );
+        assert_eq!(via.response_target(), Some("192.0.2.2:5060".parse().unwrap()));
     }
 
     #[test]
@@ -177,10 +168,7 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].received, Some(&b"2001:db8::9"[..]));
         assert_eq!(all[0].rport, Some(Some(6000)));
-        assert_eq!(
-            all[0].response_target(),
-            Some("[2001:db8::9]:6000".parse().unwrap())
-        );
+        assert_eq!(all[0].response_target(), Some("[2001:db8::9]:6000".parse().unwrap()));
         assert!(all[1].is_tcp());
         assert_eq!(&v[all[1].range.clone()], b"SIP/2.0/TCP h2;branch=z9hG4bKb");
     }
@@ -191,11 +179,7 @@ mod tests {
         let via = parse_first(v).unwrap();
         assert_eq!(via.rport, Some(None));
         assert_eq!(&v[via.rport_range.clone().unwrap()], b";rport");
-        assert_eq!(
-            via.response_target(),
-            None,
-            "a name without received needs DNS"
-        );
+        assert_eq!(via.response_target(), None, "a name without received needs DNS");
         assert!(parse_first(b"SIP/2.0/UDP 192.0.2.15;;,;,,").is_some());
         assert!(parse_first(b"garbage").is_none());
         assert!(parse_first(b"SIP/2.0/UDP").is_none());

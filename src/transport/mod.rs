@@ -32,9 +32,7 @@ impl Shared {
     /// Runs the core on one received message and carries out what it decided.
     pub fn handle(self: &Arc<Self>, source: Peer, bytes: &[u8]) {
         let mut out = Vec::new();
-        self.core
-            .lock()
-            .on_message(Instant::now(), source, bytes, &mut out);
+        self.core.lock().on_message(Instant::now(), source, bytes, &mut out);
         self.dispatch(out);
     }
 
@@ -50,10 +48,8 @@ impl Shared {
     }
 
     fn send_udp(self: &Arc<Self>, to: SocketAddr, data: Bytes) {
-        let Some(socket) = self
-            .udp
-            .iter()
-            .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == to.is_ipv4()))
+        let Some(socket) =
+            self.udp.iter().find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == to.is_ipv4()))
         else {
             tracing::warn!(event = "transport.no_socket", to = %to, "no UDP socket of this address family");
             return;
@@ -75,9 +71,7 @@ impl Shared {
     /// A request could not be delivered: let the core fail over.
     pub fn send_failed(self: &Arc<Self>, tx: crate::proxy::transaction::TxId, to: Peer) {
         let mut out = Vec::new();
-        self.core
-            .lock()
-            .on_send_failed(Instant::now(), tx, to, &mut out);
+        self.core.lock().on_send_failed(Instant::now(), tx, to, &mut out);
         self.dispatch(out);
     }
 

@@ -16,17 +16,13 @@ pub const WAIT: Duration = Duration::from_secs(3);
 
 /// A free local port number (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// Starts sluice with `config` (TOML). `{UDP}`/`{TCP}` in it are not special: callers write
 /// listen addresses themselves (`udp://127.0.0.1:0`).
 pub async fn start(config: &str) -> Running {
-    let config =
-        Config::parse("test.toml", config).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let config = Config::parse("test.toml", config).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     let server = Server::bind(config).await.expect("bind");
     server.start(CancellationToken::new())
 }
@@ -96,23 +92,11 @@ impl Endpoint {
     }
 
     pub fn uri(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.transport == Transport::Udp {
-                "udp"
-            } else {
-                "tcp"
-            },
-            self.local
-        )
+        format!("{}://{}", if self.transport == Transport::Udp { "udp" } else { "tcp" }, self.local)
     }
 
     pub fn via_transport(&self) -> &'static str {
-        if self.transport == Transport::Udp {
-            "UDP"
-        } else {
-            "TCP"
-        }
+        if self.transport == Transport::Udp { "UDP" } else { "TCP" }
     }
 
     pub async fn send(&mut self, to: SocketAddr, data: &[u8]) {
@@ -129,14 +113,9 @@ impl Endpoint {
 
     async fn accept_if_needed(&mut self) {
         if self.tcp.is_none() {
-            let l = self
-                .tcp_listener
-                .as_ref()
-                .expect("no connection and no listener");
-            let (s, _) = tokio::time::timeout(WAIT, l.accept())
-                .await
-                .expect("proxy never connected")
-                .unwrap();
+            let l = self.tcp_listener.as_ref().expect("no connection and no listener");
+            let (s, _) =
+                tokio::time::timeout(WAIT, l.accept()).await.expect("proxy never connected").unwrap();
             self.tcp = Some(s);
         }
     }
@@ -146,11 +125,10 @@ impl Endpoint {
         match self.transport {
             Transport::Udp => {
                 let mut buf = vec![0u8; 70_000];
-                let (n, from) =
-                    tokio::time::timeout(wait, self.udp.as_ref().unwrap().recv_from(&mut buf))
-                        .await
-                        .ok()?
-                        .ok()?;
+                let (n, from) = tokio::time::timeout(wait, self.udp.as_ref().unwrap().recv_from(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
                 Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
             }
             Transport::Tcp => {
@@ -185,21 +163,16 @@ impl Endpoint {
     /// The next UDP datagram as raw bytes.
     pub async fn recv_bytes(&mut self) -> Vec<u8> {
         let mut buf = vec![0u8; 70_000];
-        let (n, _) = tokio::time::timeout(
-            WAIT,
-            self.udp.as_ref().expect("UDP only").recv_from(&mut buf),
-        )
-        .await
-        .expect("no datagram")
-        .unwrap();
+        let (n, _) = tokio::time::timeout(WAIT, self.udp.as_ref().expect("UDP only").recv_from(&mut buf))
+            .await
+            .expect("no datagram")
+            .unwrap();
         buf.truncate(n);
         buf
     }
 
     pub async fn recv(&mut self) -> (String, SocketAddr) {
-        self.recv_within(WAIT)
-            .await
-            .expect("expected a SIP message, got none")
+        self.recv_within(WAIT).await.expect("expected a SIP message, got none")
     }
 
     /// Receives until a message whose first line starts with `prefix` (skipping others).
@@ -222,22 +195,16 @@ impl Endpoint {
         let Some(s) = self.tcp.as_mut() else {
             return false;
         };
-        matches!(
-            tokio::time::timeout(wait, s.read(&mut chunk)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
+        matches!(tokio::time::timeout(wait, s.read(&mut chunk)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
 }
 
 /// The value of the first header `name` (case-insensitive, long form only).
 pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.split("\r\n")
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
+    msg.split("\r\n").skip(1).take_while(|l| !l.is_empty()).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 pub fn headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
@@ -258,13 +225,7 @@ pub fn status(msg: &str) -> u16 {
 pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
 
 /// An INVITE from `caller` to `number` through the proxy.
-pub fn invite(
-    caller: &Endpoint,
-    call_id: &str,
-    branch: &str,
-    number: &str,
-    proxy: SocketAddr,
-) -> String {
+pub fn invite(caller: &Endpoint, call_id: &str, branch: &str, number: &str, proxy: SocketAddr) -> String {
     format!(
         "INVITE sip:{number}@{proxy} SIP/2.0\r\n\
          Via: SIP/2.0/{t} {local};branch=z9hG4bK{branch};rport\r\n\
@@ -294,12 +255,7 @@ pub fn respond(
 ) -> String {
     let mut out = format!("SIP/2.0 {code} {reason}\r\n");
     for line in req.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
         match name.as_str() {
             "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" | "record-route" => {
                 out.push_str(line);
@@ -360,10 +316,7 @@ pub fn in_dialog(
 
 /// The tag parameter of a From/To value.
 pub fn tag_of(value: &str) -> Option<&str> {
-    value
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("tag="))
-        .map(str::trim)
+    value.split(';').find_map(|p| p.trim().strip_prefix("tag=")).map(str::trim)
 }
 
 /// Polls a condition on the running proxy's core for up to `WAIT`.

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Finds the highest call rate sluice carries with zero failed calls: SIPp uac -> sluice ->
+# SIPp uas over UDP on loopback, one step of STEP_SECONDS per rate, stopping at the first rate
+# with a failed call (or when SIPp itself cannot keep the rate). For each step it reports the
+# proxy's CPU seconds per 1,000 calls (utime+stime from /proc) and its peak RSS (VmHWM).
+#
+# Usage: benches/sipp-load.sh [START_RATE] [STEP] [MAX_RATE] [STEP_SECONDS] [CONFIG_EXTRA_FILE]
+#   CONFIG_EXTRA_FILE: TOML appended to the generated config (e.g. [limits] to measure the
+#   limiter's cost with limits configured but not hit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+START=${1:-1000}
+STEP=${2:-1000}
+MAX=${3:-12000}
+SECS=${4:-10}
+EXTRA=${5:-}
+PROXY_PORT=${PROXY_PORT:-25060}
+UAS_PORT=${UAS_PORT:-25070}
+UAC_PORT=${UAC_PORT:-25080}
+
+command -v sipp >/dev/null || { echo "sipp not found: apt-get install sip-tester" >&2; exit 1; }
+BIN=target/release/sluice
+[ -x "$BIN" ] || cargo build --release
+TICK=$(getconf CLK_TCK)
+
+work=$(mktemp -d)
+cleanup() { kill "${UAS:-}" "${PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/sluice.toml" <<TOML
+[server]
+listen = ["udp://127.0.0.1:$PROXY_PORT"]
+[log]
+format = "json"
+level = "warn"
+[[carrier]]
+name = "uas"
+gateways = ["udp://127.0.0.1:$UAS_PORT"]
+[[route]]
+prefix = ""
+carriers = ["uas"]
+TOML
+[ -n "$EXTRA" ] && cat "$EXTRA" >> "$work/sluice.toml"
+
+"$BIN" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
+PID=$!
+(cd "$work" && exec sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -buff_size 4194304 -nostdin >/dev/null 2>&1) &
+UAS=$!
+sleep 1
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+count() { grep -E "^ *$1" "$2" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}'; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "command: benches/sipp-load.sh $START $STEP $MAX $SECS $EXTRA"
+printf "%8s %8s %8s %8s %14s %10s\n" rate calls ok failed cpu_s/1000 peak_rss
+best=0
+for ((rate = START; rate <= MAX; rate += STEP)); do
+  calls=$((rate * SECS))
+  before=$(cpu_ticks)
+  start_ns=$(date +%s%N)
+  (cd "$work" && sipp -sn uac "127.0.0.1:$PROXY_PORT" -i 127.0.0.1 -p "$UAC_PORT" -r "$rate" -m "$calls" -buff_size 4194304 \
+      -l $((rate * 4)) -nostdin -timeout $((SECS * 3 + 20)) >"$work/uac.out" 2>&1) || true
+  elapsed_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+  after=$(cpu_ticks)
+  ok=$(count "Successful call" "$work/uac.out"); ok=${ok:-0}
+  failed=$(count "Failed call" "$work/uac.out"); failed=${failed:-0}
+  cpu=$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.3f", t / hz / n * 1000; else print "-" }')
+  rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$PID/status")
+  printf "%8s %8s %8s %8s %14s %10s\n" "$rate" "$calls" "$ok" "$failed" "$cpu" "$rss"
+  # SIPp could not generate the rate (it took far longer than planned): stop, not a proxy failure.
+  if [ "$failed" != "0" ] || [ "$ok" != "$calls" ]; then
+    echo "stopped: failures at $rate calls/s"
+    break
+  fi
+  if [ "$elapsed_ms" -gt $((SECS * 1000 * 3 / 2)) ]; then
+    echo "stopped: SIPp needed ${elapsed_ms} ms for a ${SECS} s step (generator-bound at $rate calls/s)"
+    best=$rate
+    break
+  fi
+  best=$rate
+  sleep 2
+done
+echo "highest rate with zero failed calls: $best calls/s"

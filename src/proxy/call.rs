@@ -1,0 +1,81 @@
+//! The lifetime of a call as the proxy tracks it: opened when an INVITE is forwarded,
+//! confirmed by a 2xx, ending on BYE (kept briefly for the BYE's own transaction), and gone on
+//! a final non-2xx, on expiry of `max_call_seconds`, or after the BYE linger. Every way out
+//! goes through [`Proxy::drop_call`], so what must happen exactly once at a call's end has one
+//! place to live.
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::Proxy;
+use super::dialog::{Dialog, Phase};
+use super::timer::{LINGER, Timer};
+use crate::peer::Peer;
+
+/// Why a call's record is going away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CallEnd {
+    /// A final non-2xx answer (busy, rejected, cancelled, timed out).
+    Failed,
+    /// The BYE's linger ran out.
+    Hangup,
+    /// `max_call_seconds` passed with no BYE seen.
+    Expired,
+}
+
+impl Proxy {
+    pub(super) fn open_call(&mut self, now: Instant, call_id: &[u8], caller_tag: &[u8], caller: Peer, callee: Peer) {
+        let call_id = Bytes::copy_from_slice(call_id);
+        if self.dialogs.contains_key(&call_id) {
+            // A new INVITE reusing a Call-ID replaces the old record (and its timer).
+            self.drop_call(&call_id, CallEnd::Failed);
+        }
+        let expiry = self.timers.at(now + self.config.limits.max_call, Timer::DialogExpiry(call_id.to_vec()));
+        let dialog = Dialog {
+            caller_tag: Bytes::copy_from_slice(caller_tag),
+            callee_tag: None,
+            caller,
+            callee,
+            phase: Phase::Early,
+            expiry,
+        };
+        self.dialogs.insert(call_id, dialog);
+    }
+
+    pub(super) fn confirm_call(&mut self, now: Instant, call_id: &[u8], to_tag: Option<Bytes>, callee: Option<Peer>) {
+        let max_call = self.config.limits.max_call;
+        let Some(d) = self.dialogs.get_mut(call_id) else { return };
+        if d.phase != Phase::Early {
+            return;
+        }
+        d.phase = Phase::Confirmed;
+        d.callee_tag = to_tag;
+        if let Some(c) = callee {
+            d.callee = c;
+        }
+        let old = d.expiry;
+        d.expiry = self.timers.at(now + max_call, Timer::DialogExpiry(call_id.to_vec()));
+        self.timers.cancel(old);
+        tracing::debug!(event = "call.answered", call_id = %String::from_utf8_lossy(call_id), "2xx");
+    }
+
+    /// A BYE was seen: keep the record for the BYE's transaction, then drop it.
+    pub(super) fn hangup_call(&mut self, now: Instant, call_id: &[u8]) {
+        let Some(d) = self.dialogs.get_mut(call_id) else { return };
+        if d.phase == Phase::Ending {
+            return;
+        }
+        d.phase = Phase::Ending;
+        let old = d.expiry;
+        d.expiry = self.timers.at(now + LINGER, Timer::DialogExpiry(call_id.to_vec()));
+        self.timers.cancel(old);
+    }
+
+    /// The one exit of a call record.
+    pub(super) fn drop_call(&mut self, call_id: &[u8], why: CallEnd) {
+        if let Some(d) = self.dialogs.remove(call_id) {
+            self.timers.cancel(d.expiry);
+            tracing::debug!(event = "call.closed", call_id = %String::from_utf8_lossy(call_id), reason = ?why, "call record dropped");
+        }
+    }
+}
