@@ -24,7 +24,14 @@ pub(super) enum CallEnd {
 }
 
 impl Proxy {
-    pub(super) fn open_call(&mut self, now: Instant, call_id: &[u8], caller_tag: &[u8], caller: Peer, callee: Peer) {
+    pub(super) fn open_call(
+        &mut self,
+        now: Instant,
+        call_id: &[u8],
+        caller_tag: &[u8],
+        caller: Peer,
+        callee: Peer,
+    ) {
         let call_id = Bytes::copy_from_slice(call_id);
         if self.dialogs.contains_key(&call_id) {
             // A new INVITE reusing a Call-ID replaces the old record (and its timer).
@@ -42,7 +49,13 @@ impl Proxy {
         self.dialogs.insert(call_id, dialog);
     }
 
-    pub(super) fn confirm_call(&mut self, now: Instant, call_id: &[u8], to_tag: Option<Bytes>, callee: Option<Peer>) {
+    pub(super) fn confirm_call(
+        &mut self,
+        now: Instant,
+        call_id: &[u8],
+        to_tag: Option<Bytes>,
+        callee: Option<Peer>,
+    ) {
         let max_call = self.config.limits.max_call;
         let Some(d) = self.dialogs.get_mut(call_id) else { return };
         if d.phase != Phase::Early {

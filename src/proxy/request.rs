@@ -304,7 +304,7 @@ impl Proxy {
         );
         let data = Bytes::from(data);
         let number = seq as u32;
-        tx.branch = Some(Branch {
+        tx.branch = Some(Box::new(Branch {
             number,
             id: branch_id.clone(),
             target,
@@ -315,7 +315,7 @@ impl Proxy {
             ack: None,
             no_answer: Some(self.timers.at(now + self.config.gateway_timeout, Timer::NoAnswer(id, number))),
             ringing: None,
-        });
+        }));
         self.by_branch.insert(branch_id, id);
         if target.transport == Transport::Udp {
             self.timers.at(now + T1, Timer::Retransmit(id, number));

@@ -108,8 +108,15 @@ impl Proxy {
                 std::time::Duration::ZERO
             };
             self.timers.at(now + linger, Timer::Forget(id));
+            // Later responses on this branch (2xx retransmissions) are forwarded
+            // statelessly along the Via: the branch itself is no longer needed.
+            let branch = tx.branch.take();
+            tx.remaining = Vec::new();
+            if let Some(b) = &branch {
+                self.by_branch.remove(&b.id);
+            }
             if tx.is_invite && tx.creates_dialog {
-                let callee = tx.branch.as_ref().map(|b| b.target);
+                let callee = branch.as_ref().map(|b| b.target);
                 let call_id = tx.call_id.clone();
                 let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
                 self.confirm_call(now, &call_id, to_tag, callee);

@@ -90,7 +90,8 @@ pub struct Tx {
     pub last_response: Option<Bytes>,
     pub final_interval: std::time::Duration,
     pub to_tag: Vec<u8>,
-    pub branch: Option<Branch>,
+    /// The current branch; boxed so a finished transaction that no longer needs it is small.
+    pub branch: Option<Box<Branch>>,
     /// Gateways not tried yet, in order.
     pub remaining: Vec<Peer>,
     pub cancelled: bool,

@@ -1,0 +1,214 @@
+//! Nothing lives forever: after every kind of call ends and the linger timers pass, the
+//! core's transaction, dialog and timer tables are empty. Driven through the sans-IO core
+//! with a synthetic clock (no sockets, no sleeps).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::config::Config;
+use sluice::peer::Peer;
+use sluice::proxy::{Action, Proxy};
+use sluice::stats::Stats;
+use tokio::time::Instant;
+
+const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\ngateway_timeout_ms = 2000\n[limits]\nmax_call_seconds = 3600\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n";
+
+struct Rig {
+    proxy: Proxy,
+    now: Instant,
+    caller: Peer,
+    pbx: Peer,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let config = Arc::new(Config::parse("t", CONFIG).unwrap());
+        Self {
+            proxy: Proxy::new(config, Arc::new(Stats::default()), 3),
+            now: Instant::now(),
+            caller: Peer::udp("192.0.2.10:5060".parse().unwrap()),
+            pbx: Peer::udp("127.0.0.1:5070".parse().unwrap()),
+        }
+    }
+
+    /// Delivers `msg` from `from`; returns what was sent to `to_pbx ? pbx : caller`.
+    fn deliver(&mut self, from: Peer, msg: &str) -> Vec<(Peer, String)> {
+        let mut out = Vec::new();
+        self.proxy.on_message(self.now, from, msg.as_bytes(), &mut out);
+        out.into_iter()
+            .map(|Action::Send { to, data, .. }| (to, String::from_utf8_lossy(&data).into_owned()))
+            .collect()
+    }
+
+    fn to_pbx(&mut self, msg: &str) -> String {
+        let caller = self.caller;
+        let pbx = self.pbx;
+        self.deliver(caller, msg)
+            .into_iter()
+            .find(|(to, _)| *to == pbx)
+            .map(|(_, m)| m)
+            .expect("forwarded to the PBX")
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<(Peer, String)> {
+        let step = Duration::from_millis(100);
+        let mut all = Vec::new();
+        let end = self.now + by;
+        while self.now < end {
+            self.now += step;
+            let mut out = Vec::new();
+            self.proxy.on_timer(self.now, &mut out);
+            all.extend(
+                out.into_iter()
+                    .map(|Action::Send { to, data, .. }| (to, String::from_utf8_lossy(&data).into_owned())),
+            );
+        }
+        all
+    }
+
+    fn assert_empty(&self) {
+        assert_eq!(self.proxy.table_sizes(), (0, 0, 0), "(transactions, dialogs, timers) all drained");
+    }
+}
+
+fn invite(id: &str) -> String {
+    format!(
+        "INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{id}\r\nFrom: <sip:a@x>;tag=f{id}\r\nTo: <sip:100@x>\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A response to a forwarded request, as the PBX would send it.
+fn answer(fwd: &str, code: u16, to_tag: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} X\r\n");
+    for l in fwd.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let lower = l.to_ascii_lowercase();
+        if lower.starts_with("via:")
+            || lower.starts_with("from:")
+            || lower.starts_with("call-id:")
+            || lower.starts_with("cseq:")
+        {
+            out.push_str(l);
+            out.push_str("\r\n");
+        } else if lower.starts_with("to:") {
+            out.push_str(l);
+            if !l.contains("tag=") {
+                out.push_str(&format!(";tag={to_tag}"));
+            }
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+fn in_dialog(method: &str, id: &str, cseq: u32, branch: &str) -> String {
+    format!(
+        "{method} sip:pbx@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{branch}\r\nFrom: <sip:a@x>;tag=f{id}\r\nTo: <sip:100@x>;tag=t\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn answered_call_with_bye_drains() {
+    let mut r = Rig::new();
+    let fwd = r.to_pbx(&invite("a1"));
+    let pbx = r.pbx;
+    r.deliver(pbx, &answer(&fwd, 180, "t"));
+    r.deliver(pbx, &answer(&fwd, 200, "t"));
+    assert_eq!(r.proxy.active_calls(), 1);
+    r.to_pbx(&in_dialog("ACK", "a1", 1, "ack"));
+    let bye = r.to_pbx(&in_dialog("BYE", "a1", 2, "bye"));
+    r.deliver(pbx, &answer(&bye, 200, "t"));
+    assert_eq!(r.proxy.active_calls(), 0);
+    r.advance(Duration::from_secs(40));
+    r.assert_empty();
+}
+
+#[test]
+fn busy_call_drains_after_ack() {
+    let mut r = Rig::new();
+    let fwd = r.to_pbx(&invite("b1"));
+    let pbx = r.pbx;
+    let out = r.deliver(pbx, &answer(&fwd, 486, "t"));
+    assert!(out.iter().any(|(to, m)| *to == pbx && m.starts_with("ACK ")), "the proxy ACKs the 486");
+    assert!(out.iter().any(|(to, m)| *to == r.caller && m.starts_with("SIP/2.0 486")));
+    let ack = in_dialog("ACK", "b1", 1, "b1");
+    let caller = r.caller;
+    assert!(r.deliver(caller, &ack).is_empty(), "ACK for the 486 absorbed");
+    r.advance(Duration::from_secs(40));
+    r.assert_empty();
+}
+
+#[test]
+fn unanswered_busy_is_retransmitted_until_timer_h_then_drains() {
+    let mut r = Rig::new();
+    let fwd = r.to_pbx(&invite("h1"));
+    let pbx = r.pbx;
+    r.deliver(pbx, &answer(&fwd, 486, "t"));
+    // No ACK from the caller: Timer G re-sends the 486, Timer H ends it.
+    let resent = r.advance(Duration::from_secs(40));
+    assert!(
+        resent.iter().filter(|(_, m)| m.starts_with("SIP/2.0 486")).count() >= 3,
+        "Timer G retransmissions"
+    );
+    r.assert_empty();
+}
+
+#[test]
+fn silent_gateway_times_out_and_drains() {
+    let mut r = Rig::new();
+    r.to_pbx(&invite("s1"));
+    let out = r.advance(Duration::from_secs(3));
+    assert!(
+        out.iter().filter(|(to, m)| *to == r.pbx && m.starts_with("INVITE ")).count() >= 2,
+        "Timer A retransmits"
+    );
+    assert!(out.iter().any(|(to, m)| *to == r.caller && m.starts_with("SIP/2.0 408")), "408 after Timer B");
+    r.advance(Duration::from_secs(40));
+    r.assert_empty();
+}
+
+#[test]
+fn cancelled_call_drains() {
+    let mut r = Rig::new();
+    let fwd = r.to_pbx(&invite("c1"));
+    let pbx = r.pbx;
+    r.deliver(pbx, &answer(&fwd, 180, "t"));
+    let cancel = invite("c1").replacen("INVITE", "CANCEL", 1).replace("1 INVITE", "1 CANCEL");
+    let fwd_cancel = r.to_pbx(&cancel);
+    assert!(fwd_cancel.starts_with("CANCEL "));
+    r.deliver(pbx, &answer(&fwd_cancel, 200, "t"));
+    r.deliver(pbx, &answer(&fwd, 487, "t"));
+    let caller = r.caller;
+    r.deliver(caller, &in_dialog("ACK", "c1", 1, "c1"));
+    r.advance(Duration::from_secs(40));
+    r.assert_empty();
+}
+
+#[test]
+fn call_never_hung_up_expires_at_max_call_seconds() {
+    let mut r = Rig::new();
+    let fwd = r.to_pbx(&invite("m1"));
+    let pbx = r.pbx;
+    r.deliver(pbx, &answer(&fwd, 200, "t"));
+    r.to_pbx(&in_dialog("ACK", "m1", 1, "ack"));
+    r.advance(Duration::from_secs(60));
+    assert_eq!(r.proxy.active_calls(), 1, "still up after a minute");
+    r.advance(Duration::from_secs(3600));
+    assert_eq!(r.proxy.active_calls(), 0, "released at max_call_seconds");
+    r.assert_empty();
+}
+
+#[test]
+fn ringing_forever_is_cancelled_by_timer_c() {
+    let mut r = Rig::new();
+    let fwd = r.to_pbx(&invite("r1"));
+    let pbx = r.pbx;
+    r.deliver(pbx, &answer(&fwd, 180, "t"));
+    let out = r.advance(Duration::from_secs(181));
+    assert!(out.iter().any(|(to, m)| *to == pbx && m.starts_with("CANCEL ")), "Timer C cancels the branch");
+    // The gateway ignores the CANCEL too: after another Timer C the caller gets 408.
+    let out = r.advance(Duration::from_secs(181));
+    assert!(out.iter().any(|(to, m)| *to == r.caller && m.starts_with("SIP/2.0 408")));
+    r.advance(Duration::from_secs(40));
+    r.assert_empty();
+}
