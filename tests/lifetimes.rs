@@ -40,7 +40,7 @@ impl Rig {
             .collect()
     }
 
-    fn to_pbx(&mut self, msg: &str) -> String {
+    fn send_to_pbx(&mut self, msg: &str) -> String {
         let caller = self.caller;
         let pbx = self.pbx;
         self.deliver(caller, msg)
@@ -110,13 +110,13 @@ fn in_dialog(method: &str, id: &str, cseq: u32, branch: &str) -> String {
 #[test]
 fn answered_call_with_bye_drains() {
     let mut r = Rig::new();
-    let fwd = r.to_pbx(&invite("a1"));
+    let fwd = r.send_to_pbx(&invite("a1"));
     let pbx = r.pbx;
     r.deliver(pbx, &answer(&fwd, 180, "t"));
     r.deliver(pbx, &answer(&fwd, 200, "t"));
     assert_eq!(r.proxy.active_calls(), 1);
-    r.to_pbx(&in_dialog("ACK", "a1", 1, "ack"));
-    let bye = r.to_pbx(&in_dialog("BYE", "a1", 2, "bye"));
+    r.send_to_pbx(&in_dialog("ACK", "a1", 1, "ack"));
+    let bye = r.send_to_pbx(&in_dialog("BYE", "a1", 2, "bye"));
     r.deliver(pbx, &answer(&bye, 200, "t"));
     assert_eq!(r.proxy.active_calls(), 0);
     r.advance(Duration::from_secs(40));
@@ -126,7 +126,7 @@ fn answered_call_with_bye_drains() {
 #[test]
 fn busy_call_drains_after_ack() {
     let mut r = Rig::new();
-    let fwd = r.to_pbx(&invite("b1"));
+    let fwd = r.send_to_pbx(&invite("b1"));
     let pbx = r.pbx;
     let out = r.deliver(pbx, &answer(&fwd, 486, "t"));
     assert!(out.iter().any(|(to, m)| *to == pbx && m.starts_with("ACK ")), "the proxy ACKs the 486");
@@ -141,7 +141,7 @@ fn busy_call_drains_after_ack() {
 #[test]
 fn unanswered_busy_is_retransmitted_until_timer_h_then_drains() {
     let mut r = Rig::new();
-    let fwd = r.to_pbx(&invite("h1"));
+    let fwd = r.send_to_pbx(&invite("h1"));
     let pbx = r.pbx;
     r.deliver(pbx, &answer(&fwd, 486, "t"));
     // No ACK from the caller: Timer G re-sends the 486, Timer H ends it.
@@ -156,7 +156,7 @@ fn unanswered_busy_is_retransmitted_until_timer_h_then_drains() {
 #[test]
 fn silent_gateway_times_out_and_drains() {
     let mut r = Rig::new();
-    r.to_pbx(&invite("s1"));
+    r.send_to_pbx(&invite("s1"));
     let out = r.advance(Duration::from_secs(3));
     assert!(
         out.iter().filter(|(to, m)| *to == r.pbx && m.starts_with("INVITE ")).count() >= 2,
@@ -170,11 +170,11 @@ fn silent_gateway_times_out_and_drains() {
 #[test]
 fn cancelled_call_drains() {
     let mut r = Rig::new();
-    let fwd = r.to_pbx(&invite("c1"));
+    let fwd = r.send_to_pbx(&invite("c1"));
     let pbx = r.pbx;
     r.deliver(pbx, &answer(&fwd, 180, "t"));
     let cancel = invite("c1").replacen("INVITE", "CANCEL", 1).replace("1 INVITE", "1 CANCEL");
-    let fwd_cancel = r.to_pbx(&cancel);
+    let fwd_cancel = r.send_to_pbx(&cancel);
     assert!(fwd_cancel.starts_with("CANCEL "));
     r.deliver(pbx, &answer(&fwd_cancel, 200, "t"));
     r.deliver(pbx, &answer(&fwd, 487, "t"));
@@ -187,10 +187,10 @@ fn cancelled_call_drains() {
 #[test]
 fn call_never_hung_up_expires_at_max_call_seconds() {
     let mut r = Rig::new();
-    let fwd = r.to_pbx(&invite("m1"));
+    let fwd = r.send_to_pbx(&invite("m1"));
     let pbx = r.pbx;
     r.deliver(pbx, &answer(&fwd, 200, "t"));
-    r.to_pbx(&in_dialog("ACK", "m1", 1, "ack"));
+    r.send_to_pbx(&in_dialog("ACK", "m1", 1, "ack"));
     r.advance(Duration::from_secs(60));
     assert_eq!(r.proxy.active_calls(), 1, "still up after a minute");
     r.advance(Duration::from_secs(3600));
@@ -201,7 +201,7 @@ fn call_never_hung_up_expires_at_max_call_seconds() {
 #[test]
 fn ringing_forever_is_cancelled_by_timer_c() {
     let mut r = Rig::new();
-    let fwd = r.to_pbx(&invite("r1"));
+    let fwd = r.send_to_pbx(&invite("r1"));
     let pbx = r.pbx;
     r.deliver(pbx, &answer(&fwd, 180, "t"));
     let out = r.advance(Duration::from_secs(181));
