@@ -60,7 +60,7 @@ for ((rate = START; rate <= MAX; rate += STEP)); do
   calls=$((rate * SECS))
   before=$(cpu_ticks)
   start_ns=$(date +%s%N)
-  (cd "$work" && sipp -sn uac "127.0.0.1:$PROXY_PORT" -i 127.0.0.1 -p "$UAC_PORT" -r "$rate" -m "$calls" -buff_size 4194304 \
+  (cd "$work" && timeout $((SECS * 3 + 30)) sipp -sn uac "127.0.0.1:$PROXY_PORT" -i 127.0.0.1 -p "$UAC_PORT" -r "$rate" -m "$calls" -buff_size 4194304 \
       -l $((rate * 4)) -nostdin -timeout $((SECS * 3 + 20)) >"$work/uac.out" 2>&1) || true
   elapsed_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
   after=$(cpu_ticks)
