@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod limit;
 pub mod logging;
 pub mod peer;
 pub mod proxy;

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Listener};
+use crate::limit::memory::MemoryStore;
 use crate::peer::Transport;
 use crate::proxy::Proxy;
 use crate::stats::Stats;
@@ -84,8 +85,10 @@ impl Server {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let limits = Arc::new(MemoryStore::new(tokio::time::Instant::now()));
         let shared = Arc::new(Shared {
-            core: Mutex::new(Proxy::new(self.config.clone(), stats.clone(), seed)),
+            core: Mutex::new(Proxy::with_store(self.config.clone(), stats.clone(), seed, limits.clone())),
+            limits,
             stats,
             udp: self.udp.clone(),
             tcp: transport::tcp::Registry::default(),

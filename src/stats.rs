@@ -3,6 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use dashmap::DashMap;
+
+use crate::limit::{LimitKey, Refusal, Scope};
 use crate::peer::Transport;
 
 #[derive(Debug, Default)]
@@ -19,11 +22,17 @@ pub struct Stats {
     /// ACKs for unknown dialogs).
     pub stray: AtomicU64,
     pub calls_admitted: AtomicU64,
+    pub calls_rejected_cps: AtomicU64,
+    pub calls_rejected_channels: AtomicU64,
+    pub calls_redirected: AtomicU64,
     pub calls_no_route: AtomicU64,
     pub calls_forbidden: AtomicU64,
     pub calls_timeout: AtomicU64,
     pub calls_refused_draining: AtomicU64,
     pub loops: AtomicU64,
+    /// Which limit turned calls away: (scope, name, kind). Per-IP and per-user keys are
+    /// folded into name "*" so the label set stays bounded.
+    pub limit_hits: DashMap<(Scope, String, Refusal), u64>,
 }
 
 impl Stats {
@@ -36,6 +45,14 @@ impl Stats {
             Transport::Udp => &self.malformed_udp,
             Transport::Tcp => &self.malformed_tcp,
         });
+    }
+
+    pub fn limit_hit(&self, key: &LimitKey, kind: Refusal) {
+        let name = match key.scope {
+            Scope::Ip | Scope::User => "*".to_string(),
+            _ => key.name.label(),
+        };
+        *self.limit_hits.entry((key.scope, name, kind)).or_default() += 1;
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

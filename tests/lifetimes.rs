@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::config::Config;
+use sluice::limit::memory::MemoryStore;
 use sluice::peer::Peer;
 use sluice::proxy::{Action, Proxy};
 use sluice::stats::Stats;
@@ -15,6 +16,7 @@ const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\ngateway_tim
 
 struct Rig {
     proxy: Proxy,
+    limits: Arc<MemoryStore>,
     now: Instant,
     caller: Peer,
     pbx: Peer,
@@ -23,8 +25,10 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let config = Arc::new(Config::parse("t", CONFIG).unwrap());
+        let limits = Arc::new(MemoryStore::new(Instant::now()));
         Self {
-            proxy: Proxy::new(config, Arc::new(Stats::default()), 3),
+            proxy: Proxy::with_store(config, Arc::new(Stats::default()), 3, limits.clone()),
+            limits,
             now: Instant::now(),
             caller: Peer::udp("192.0.2.10:5060".parse().unwrap()),
             pbx: Peer::udp("127.0.0.1:5070".parse().unwrap()),
@@ -68,6 +72,7 @@ impl Rig {
 
     fn assert_empty(&self) {
         assert_eq!(self.proxy.table_sizes(), (0, 0, 0), "(transactions, dialogs, timers) all drained");
+        assert_eq!(self.limits.total_channels(), 0, "every channel released");
     }
 }
 
@@ -115,8 +120,10 @@ fn answered_call_with_bye_drains() {
     r.deliver(pbx, &answer(&fwd, 180, "t"));
     r.deliver(pbx, &answer(&fwd, 200, "t"));
     assert_eq!(r.proxy.active_calls(), 1);
+    assert_eq!(r.limits.total_channels(), 5, "server, ip, route, carrier and gateway each hold the call");
     r.send_to_pbx(&in_dialog("ACK", "a1", 1, "ack"));
     let bye = r.send_to_pbx(&in_dialog("BYE", "a1", 2, "bye"));
+    assert_eq!(r.limits.total_channels(), 0, "channels free at the BYE, not after its linger");
     r.deliver(pbx, &answer(&bye, 200, "t"));
     assert_eq!(r.proxy.active_calls(), 0);
     r.advance(Duration::from_secs(40));

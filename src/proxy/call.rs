@@ -4,12 +4,15 @@
 //! goes through [`Proxy::drop_call`], so what must happen exactly once at a call's end has one
 //! place to live.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Proxy;
 use super::dialog::{Dialog, Phase};
 use super::timer::{LINGER, Timer};
+use crate::limit::Reservation;
 use crate::peer::Peer;
 
 /// Why a call's record is going away.
@@ -31,13 +34,15 @@ impl Proxy {
         caller_tag: &[u8],
         caller: Peer,
         callee: Peer,
+        reservation: Reservation,
     ) {
         let call_id = Bytes::copy_from_slice(call_id);
         if self.dialogs.contains_key(&call_id) {
             // A new INVITE reusing a Call-ID replaces the old record (and its timer).
-            self.drop_call(&call_id, CallEnd::Failed);
+            self.drop_call(now, &call_id, CallEnd::Failed);
         }
-        let expiry = self.timers.at(now + self.config.limits.max_call, Timer::DialogExpiry(call_id.to_vec()));
+        let deadline = now + self.config.limits.max_call;
+        let expiry = self.timers.at(deadline, Timer::DialogExpiry(call_id.to_vec()));
         let dialog = Dialog {
             caller_tag: Bytes::copy_from_slice(caller_tag),
             callee_tag: None,
@@ -45,18 +50,13 @@ impl Proxy {
             callee,
             phase: Phase::Early,
             expiry,
+            deadline,
+            reservation: Some(reservation),
         };
         self.dialogs.insert(call_id, dialog);
     }
 
-    pub(super) fn confirm_call(
-        &mut self,
-        now: Instant,
-        call_id: &[u8],
-        to_tag: Option<Bytes>,
-        callee: Option<Peer>,
-    ) {
-        let max_call = self.config.limits.max_call;
+    pub(super) fn confirm_call(&mut self, call_id: &[u8], to_tag: Option<Bytes>, callee: Option<Peer>) {
         let Some(d) = self.dialogs.get_mut(call_id) else { return };
         if d.phase != Phase::Early {
             return;
@@ -66,28 +66,45 @@ impl Proxy {
         if let Some(c) = callee {
             d.callee = c;
         }
-        let old = d.expiry;
-        d.expiry = self.timers.at(now + max_call, Timer::DialogExpiry(call_id.to_vec()));
-        self.timers.cancel(old);
         tracing::debug!(event = "call.answered", call_id = %String::from_utf8_lossy(call_id), "2xx");
     }
 
-    /// A BYE was seen: keep the record for the BYE's transaction, then drop it.
+    /// A 2xx carried `Session-Expires` (RFC 4028): the call ends unless refreshed within that
+    /// interval (plus 32 s of grace for the refresh in flight), never after its deadline.
+    pub(super) fn refresh_session(&mut self, now: Instant, call_id: &[u8], seconds: u32) {
+        let Some(d) = self.dialogs.get_mut(call_id) else { return };
+        if d.phase != Phase::Confirmed {
+            return;
+        }
+        let at = (now + Duration::from_secs(u64::from(seconds)) + LINGER).min(d.deadline);
+        let old = d.expiry;
+        d.expiry = self.timers.at(at, Timer::DialogExpiry(call_id.to_vec()));
+        self.timers.cancel(old);
+    }
+
+    /// A BYE was seen: the channels are free now; the record stays for the BYE's
+    /// transaction, then goes.
     pub(super) fn hangup_call(&mut self, now: Instant, call_id: &[u8]) {
         let Some(d) = self.dialogs.get_mut(call_id) else { return };
         if d.phase == Phase::Ending {
             return;
         }
         d.phase = Phase::Ending;
+        if let Some(r) = d.reservation.take() {
+            self.limiter.release(now, &r);
+        }
         let old = d.expiry;
         d.expiry = self.timers.at(now + LINGER, Timer::DialogExpiry(call_id.to_vec()));
         self.timers.cancel(old);
     }
 
-    /// The one exit of a call record.
-    pub(super) fn drop_call(&mut self, call_id: &[u8], why: CallEnd) {
+    /// The one exit of a call record; releases its channels if the BYE did not already.
+    pub(super) fn drop_call(&mut self, now: Instant, call_id: &[u8], why: CallEnd) {
         if let Some(d) = self.dialogs.remove(call_id) {
             self.timers.cancel(d.expiry);
+            if let Some(r) = d.reservation {
+                self.limiter.release(now, &r);
+            }
             tracing::debug!(event = "call.closed", call_id = %String::from_utf8_lossy(call_id), reason = ?why, "call record dropped");
         }
     }

@@ -22,8 +22,12 @@ pub struct Dialog {
     pub caller: Peer,
     pub callee: Peer,
     pub phase: Phase,
-    /// The pending expiry timer (max_call_seconds, or the linger after BYE).
+    /// The pending expiry timer (max_call_seconds, a session timer, or the BYE linger).
     pub expiry: super::timer::TimerKey,
+    /// The latest the call may last: start + max_call_seconds.
+    pub deadline: tokio::time::Instant,
+    /// Channels held by the call; taken (and released) exactly once when it ends.
+    pub reservation: Option<crate::limit::Reservation>,
 }
 
 /// Which way an in-dialog request travels.

@@ -6,6 +6,7 @@
 //! CANCEL, retransmission, in-dialog, initial), route, forward ([`forward`]); responses go
 //! through [`response`]; timers through [`timeouts`].
 
+mod admit;
 pub mod branch;
 mod call;
 pub mod dialog;
@@ -27,6 +28,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::limit::Store;
+use crate::limit::customers::CustomerIndex;
+use crate::limit::plan::Planner;
 use crate::peer::Peer;
 use crate::sip::edit::Splice;
 use crate::sip::{Message, reply};
@@ -68,12 +72,30 @@ pub struct Proxy {
     draining: bool,
     stats: Arc<Stats>,
     warn: ratelog::RateLog,
+    /// Where limits are checked and reserved (in memory, or shared by a cluster).
+    limiter: Arc<dyn Store>,
+    planner: Planner,
+    customers: CustomerIndex,
+    /// New calls recently challenged (401/407), by Call-ID: From tag and expiry timer.
+    challenged: HashMap<Bytes, (Bytes, timer::TimerKey)>,
 }
 
 impl Proxy {
-    /// `seed` varies tags and branches between runs (the runtime passes the start time).
+    /// A proxy with its own in-memory limit store. `seed` varies tags and branches between
+    /// runs (the runtime passes the start time).
     pub fn new(config: Arc<Config>, stats: Arc<Stats>, seed: u64) -> Self {
+        let store = Arc::new(crate::limit::memory::MemoryStore::new(Instant::now()));
+        Self::with_store(config, stats, seed, store)
+    }
+
+    /// A proxy whose limits live in `limiter` (shared with the admin API and, in a cluster,
+    /// with other nodes).
+    pub fn with_store(config: Arc<Config>, stats: Arc<Stats>, seed: u64, limiter: Arc<dyn Store>) -> Self {
         Self {
+            limiter,
+            planner: Planner::new(&config),
+            customers: CustomerIndex::new(&config),
+            challenged: HashMap::new(),
             me: Identity::new(&config),
             config,
             txs: HashMap::new(),
@@ -97,6 +119,8 @@ impl Proxy {
     /// their peers.
     pub fn reload(&mut self, config: Arc<Config>) {
         self.me = Identity::new(&config);
+        self.planner = Planner::new(&config);
+        self.customers = CustomerIndex::new(&config);
         self.config = config;
     }
 
@@ -169,7 +193,7 @@ impl Proxy {
 
     /// Sizes of the internal tables, for tests and /status: (transactions, dialogs, timers).
     pub fn table_sizes(&self) -> (usize, usize, usize) {
-        (self.txs.len(), self.dialogs.len(), self.timers.len())
+        (self.txs.len(), self.dialogs.len() + self.challenged.len(), self.timers.len())
     }
 
     fn next_seq(&mut self) -> u64 {

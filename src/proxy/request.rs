@@ -5,12 +5,14 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::admit::CallContext;
 use super::dialog::{Direction, Phase};
 use super::forward::{self, RequestEdits};
 use super::sanity::{self, Refusal};
 use super::timer::{T1, Timer};
-use super::transaction::{Branch, ClientState, Failure, ServerState, Tx, TxId};
+use super::transaction::{Branch, ClientState, Failure, ServerState, Target, Tx, TxId};
 use super::{Action, Answer, MAX_DIALOGS, MAX_TRANSACTIONS, Proxy, branch};
+use crate::limit::plan::RouteRef;
 use crate::peer::{Peer, Transport};
 use crate::sip::uri::{Uri, dialed_number};
 use crate::sip::{HeaderName, Message, Method, via};
@@ -151,39 +153,52 @@ impl Proxy {
             }
             return;
         }
+        let ip = source.addr.ip();
+        let user = crate::sip::auth::request_username(msg);
+        let customer = self.customers.identify(ip, user);
+        if customer.is_none() && !self.config.allow_unknown {
+            Stats::bump(&self.stats.calls_forbidden);
+            tracing::info!(event = "call.forbidden", call_id = %String::from_utf8_lossy(call_id), source = %source, "source matches no customer");
+            self.reply(msg, source, Answer::new(403, "Forbidden"), &[], out);
+            return;
+        }
         let number = uri.as_ref().and_then(|u| u.user).map(dialed_number).unwrap_or_default();
-        let targets: Vec<Peer> = match self.config.routes.lookup(number) {
-            Some((_, route)) => route
-                .carriers
-                .iter()
-                .flat_map(|&c| self.config.carriers[c].gateways.iter())
-                .map(|g| Peer { transport: g.transport, addr: g.addr, conn: None })
-                .collect(),
-            None => Vec::new(),
-        };
-        if targets.is_empty() {
+        let own_routes = customer.and_then(|c| self.config.customers[c].routes.as_ref());
+        let table = own_routes.unwrap_or(&self.config.routes);
+        let Some((index, route)) = table.lookup(number) else {
             Stats::bump(&self.stats.calls_no_route);
             tracing::debug!(event = "call.no_route", call_id = %String::from_utf8_lossy(call_id), number = %String::from_utf8_lossy(number), "no route");
             self.reply(msg, source, Answer::new(404, "Not Found"), &[], out);
             return;
+        };
+        if method != Method::Invite {
+            // Not a new call: no limits, every gateway of the route in order.
+            let targets: Vec<Target> = route
+                .carriers
+                .iter()
+                .flat_map(|&c| self.config.carriers[c].gateways.iter())
+                .map(|g| Target::plain(Peer { transport: g.transport, addr: g.addr, conn: None }))
+                .collect();
+            self.open_tx(now, source, msg, key, targets, false, out);
+            return;
         }
-        let creates_dialog = method == Method::Invite;
-        if creates_dialog && self.dialogs.len() >= MAX_DIALOGS {
+        if self.dialogs.len() >= MAX_DIALOGS {
             self.reply(msg, source, Answer::new(503, "Server Overloaded"), &[("Retry-After", b"5")], out);
             return;
         }
-        if creates_dialog {
-            Stats::bump(&self.stats.calls_admitted);
-        }
-        let Some(id) = self.open_tx(now, source, msg, key, targets, creates_dialog, out) else {
+        let route_ref = RouteRef { customer: own_routes.and(customer), index };
+        let plan = self.planner.plan(customer, ip, user, route_ref, number);
+        let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
+        let ctx = CallContext { msg, source, customer, user, number };
+        let Some((targets, reservation)) = self.admit(now, &plan, &ctx, out, key.clone()) else {
             return;
         };
-        if creates_dialog {
-            let first_target = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map_or(source, |b| b.target);
-            let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
-            self.open_call(now, call_id, from_tag, source, first_target);
-            tracing::debug!(event = "call.forwarded", call_id = %String::from_utf8_lossy(call_id), source = %source, "INVITE forwarded");
-        }
+        let Some(id) = self.open_tx(now, source, msg, key, targets, true, out) else {
+            self.limiter.release(now, &reservation);
+            return;
+        };
+        let first_target = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map_or(source, |b| b.target);
+        self.open_call(now, call_id, from_tag, source, first_target, reservation);
     }
 
     /// A request inside a dialog the proxy tracks: sent to the other side's peer. Anything
@@ -214,7 +229,7 @@ impl Proxy {
             self.hangup_call(now, call_id);
             tracing::debug!(event = "call.hangup", call_id = %String::from_utf8_lossy(call_id), by = ?direction, "BYE");
         }
-        self.open_tx(now, source, msg, key, vec![target], false, out);
+        self.open_tx(now, source, msg, key, vec![Target::plain(target)], false, out);
     }
 
     fn no_dialog(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
@@ -228,23 +243,50 @@ impl Proxy {
     /// Creates the transaction for a request and sends it on its first branch. INVITEs get
     /// `100 Trying` at once, so the caller stops retransmitting.
     #[allow(clippy::too_many_arguments)]
-    fn open_tx(
+    pub(super) fn open_tx(
         &mut self,
         now: Instant,
         source: Peer,
         msg: &Message<'_>,
         key: Vec<u8>,
-        targets: Vec<Peer>,
+        targets: Vec<Target>,
         creates_dialog: bool,
         out: &mut Vec<Action>,
     ) -> Option<TxId> {
-        let is_invite = msg.method() == Some(Method::Invite);
-        let mut splice = crate::sip::edit::Splice::new(msg.buf);
-        let reply_to = super::stamp::stamp(msg, source, &mut splice)?;
+        let id = self.new_tx(now, source, msg, key, targets, creates_dialog)?;
+        let tx = self.txs.get_mut(&id)?;
+        if tx.is_invite {
+            let mut splice = crate::sip::edit::Splice::new(msg.buf);
+            super::stamp::stamp(msg, source, &mut splice)?;
+            let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
+            tx.last_response = Some(trying.clone());
+            let to = tx.reply_to;
+            self.send(out, to, trying, None, false);
+        }
+        self.next_branch(now, id, msg, out);
+        Some(id)
+    }
+
+    /// Creates and registers a transaction for a request, sending nothing.
+    pub(super) fn new_tx(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        key: Vec<u8>,
+        mut targets: Vec<Target>,
+        creates_dialog: bool,
+    ) -> Option<TxId> {
+        let reply_to = super::stamp::stamp(msg, source, &mut crate::sip::edit::Splice::new(msg.buf))?;
         let id = self.next_seq();
-        let mut tx = Tx {
+        targets.reverse(); // popped from the back, tried in configured order
+        let method_name = match msg.start {
+            crate::sip::StartLine::Request { method_name, .. } => msg.bytes(method_name),
+            crate::sip::StartLine::Response { .. } => b"",
+        };
+        let tx = Tx {
             id,
-            is_invite,
+            is_invite: msg.method() == Some(Method::Invite),
             call_id: Bytes::copy_from_slice(msg.call_id().unwrap_or_default()),
             server_key: key.clone(),
             source,
@@ -256,20 +298,14 @@ impl Proxy {
             to_tag: self.tag_for(msg),
             branch: None,
             remaining: targets,
+            refreshes_session: !creates_dialog && (method_name == b"INVITE" || method_name == b"UPDATE"),
             cancelled: false,
             failure: Failure::None,
             creates_dialog,
             created: now,
         };
-        tx.remaining.reverse(); // popped from the back, tried in configured order
-        if is_invite {
-            let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
-            self.send(out, reply_to, trying.clone(), None, false);
-            tx.last_response = Some(trying);
-        }
         self.by_server.insert(key, id);
         self.txs.insert(id, tx);
-        self.next_branch(now, id, msg, out);
         Some(id)
     }
 
@@ -286,7 +322,18 @@ impl Proxy {
         let Some(tx) = self.txs.get_mut(&id) else {
             return false;
         };
-        let Some(target) = tx.remaining.pop() else {
+        let Some(next) = tx.remaining.pop() else {
+            return false;
+        };
+        let target = next.peer;
+        if let Some(egress) = next.egress {
+            // A failover target: its carrier and gateway limits must have room too.
+            let call_id = tx.call_id.clone();
+            if !self.move_egress(now, &call_id, &egress) {
+                return self.next_branch(now, id, msg, out);
+            }
+        }
+        let Some(tx) = self.txs.get_mut(&id) else {
             return false;
         };
         if let Some(mut old) = tx.branch.take() {

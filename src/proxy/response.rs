@@ -115,11 +115,16 @@ impl Proxy {
             if let Some(b) = &branch {
                 self.by_branch.remove(&b.id);
             }
-            if tx.is_invite && tx.creates_dialog {
-                let callee = branch.as_ref().map(|b| b.target);
-                let call_id = tx.call_id.clone();
+            let (creates_dialog, refreshes) = (tx.is_invite && tx.creates_dialog, tx.refreshes_session);
+            let call_id = tx.call_id.clone();
+            if creates_dialog {
                 let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
-                self.confirm_call(now, &call_id, to_tag, callee);
+                self.confirm_call(&call_id, to_tag, branch.as_ref().map(|b| b.target));
+            }
+            if creates_dialog || refreshes {
+                if let Some(seconds) = session_expires(msg) {
+                    self.refresh_session(now, &call_id, seconds);
+                }
             }
         }
         // Every 2xx to an INVITE is forwarded, retransmissions included: only the caller's
@@ -174,10 +179,19 @@ impl Proxy {
                 "gateway refused, trying the next one"
             );
             let request = tx.request.clone();
-            if let Ok(original) = crate::sip::parse(&request) {
-                self.next_branch(now, id, &original, out);
+            if crate::sip::parse(&request).is_ok_and(|original| self.next_branch(now, id, &original, out)) {
+                return;
             }
+        }
+        let Some(tx) = self.txs.get(&id) else {
             return;
+        };
+        if (status == 401 || status == 407) && tx.creates_dialog {
+            let (call_id, request) = (tx.call_id.clone(), tx.request.clone());
+            if let Ok(original) = crate::sip::parse(&request) {
+                let from_tag = original.tag(HeaderName::From).unwrap_or_default();
+                self.remember_challenge(now, &call_id, from_tag);
+            }
         }
         let data = Bytes::from(forward::response(msg));
         self.finish_with(now, id, data, out);
@@ -203,7 +217,7 @@ impl Proxy {
             if to.transport == Transport::Udp || is_invite { LINGER } else { std::time::Duration::ZERO };
         self.timers.at(now + linger, Timer::Forget(id));
         if creates_dialog && self.dialogs.get(&call_id).is_some_and(|d| d.phase == Phase::Early) {
-            self.drop_call(&call_id, CallEnd::Failed);
+            self.drop_call(now, &call_id, CallEnd::Failed);
         }
         self.send(out, to, data, None, false);
     }
@@ -234,4 +248,11 @@ impl Proxy {
             tracing::debug!(event = "sip.stray", source = %source, call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), why, "dropped");
         }
     }
+}
+
+/// The delta-seconds of a response's Session-Expires header (RFC 4028), at least 1.
+fn session_expires(msg: &Message<'_>) -> Option<u32> {
+    let value = msg.value(HeaderName::SessionExpires)?;
+    let end = value.iter().position(|b| *b == b';' || b.is_ascii_whitespace()).unwrap_or(value.len());
+    crate::sip::message::parse_u32(&value[..end]).filter(|s| *s > 0)
 }

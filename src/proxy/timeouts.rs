@@ -20,12 +20,15 @@ impl Proxy {
             Timer::ResendFinal(id) => self.resend_final(now, id, out),
             Timer::ResendCancel(id, n) => self.resend_cancel(now, id, n, out),
             Timer::Forget(id) => self.forget(id),
+            Timer::ChallengeExpiry(call_id) => {
+                self.challenged.remove(&call_id[..]);
+            }
             Timer::DialogExpiry(call_id) => {
                 let why = match self.dialogs.get(&call_id[..]).map(|d| d.phase) {
                     Some(super::dialog::Phase::Ending) => CallEnd::Hangup,
                     _ => CallEnd::Expired,
                 };
-                self.drop_call(&call_id, why);
+                self.drop_call(now, &call_id, why);
             }
         }
     }
@@ -88,8 +91,7 @@ impl Proxy {
         );
         if !tx.cancelled && !tx.remaining.is_empty() {
             let request = tx.request.clone();
-            if let Ok(original) = crate::sip::parse(&request) {
-                self.next_branch(now, id, &original, out);
+            if crate::sip::parse(&request).is_ok_and(|original| self.next_branch(now, id, &original, out)) {
                 return;
             }
         }

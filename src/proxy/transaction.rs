@@ -65,6 +65,21 @@ impl Branch {
     }
 }
 
+/// Where a branch may go. `egress` holds the carrier and gateway limits still to be
+/// reserved before using it (on failover); `None` for the first target of a call (reserved
+/// at admission) and for requests that are not new calls.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub peer: Peer,
+    pub egress: Option<Box<[crate::limit::Demand; 2]>>,
+}
+
+impl Target {
+    pub fn plain(peer: Peer) -> Self {
+        Self { peer, egress: None }
+    }
+}
+
 /// Why the caller is still waiting, for the answer the proxy gives if no gateway does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -92,8 +107,10 @@ pub struct Tx {
     pub to_tag: Vec<u8>,
     /// The current branch; boxed so a finished transaction that no longer needs it is small.
     pub branch: Option<Box<Branch>>,
-    /// Gateways not tried yet, in order.
-    pub remaining: Vec<Peer>,
+    /// Gateways not tried yet, in reverse order (popped from the back).
+    pub remaining: Vec<Target>,
+    /// An in-dialog INVITE or UPDATE: its 2xx may refresh the session timer (RFC 4028).
+    pub refreshes_session: bool,
     pub cancelled: bool,
     pub failure: Failure,
     /// True for the INVITE that created a dialog the proxy tracks.

@@ -5,6 +5,7 @@
 //! Nothing here re-serialises a message: every view is a [`Span`] into the received bytes, so
 //! headers the proxy does not own travel on exactly as they arrived.
 
+pub mod auth;
 pub mod edit;
 pub mod framing;
 pub mod header;

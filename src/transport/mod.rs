@@ -14,13 +14,19 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::limit::memory::MemoryStore;
 use crate::peer::{Peer, Transport};
 use crate::proxy::{Action, Proxy};
 use crate::stats::Stats;
 
+/// How often idle limit keys are swept.
+const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Everything the socket tasks share.
 pub struct Shared {
     pub core: Mutex<Proxy>,
+    /// The limit counters (also inside the core as its store), read without the core lock.
+    pub limits: Arc<MemoryStore>,
     pub stats: Arc<Stats>,
     pub udp: Vec<Arc<UdpSocket>>,
     pub tcp: tcp::Registry,
@@ -80,6 +86,7 @@ impl Shared {
     pub async fn run_timers(self: Arc<Self>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_sweep = Instant::now() + EVICT_EVERY;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -95,6 +102,19 @@ impl Shared {
             }
             if !out.is_empty() {
                 self.dispatch(out);
+            }
+            if now >= next_sweep {
+                // Idle per-IP / per-user keys go, outside the core lock.
+                let evicted = self.limits.evict_idle(now);
+                if evicted > 0 {
+                    tracing::debug!(
+                        event = "limits.evicted",
+                        keys = evicted,
+                        left = self.limits.len(),
+                        "idle limit keys evicted"
+                    );
+                }
+                next_sweep = now + EVICT_EVERY;
             }
         }
     }

@@ -1,0 +1,136 @@
+//! Capacity limiting: which limits apply to a new call ([`plan`]), and the store that checks
+//! and reserves them all or nothing ([`Store`], in memory: [`memory::MemoryStore`]).
+//!
+//! Semantics (docs/limits.md): CPS is an exact sliding one-second window per key, channels a
+//! count of calls admitted and not yet ended. A call must fit under every applicable limit;
+//! a refused call takes nothing from any scope.
+
+pub mod customers;
+pub mod memory;
+pub mod plan;
+pub mod window;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+pub use window::Refusal;
+
+/// Where a limit comes from (the contract's scopes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Server,
+    Customer,
+    Ip,
+    User,
+    Route,
+    Carrier,
+    Gateway,
+    Did,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Customer => "customer",
+            Self::Ip => "ip",
+            Self::User => "user",
+            Self::Route => "route",
+            Self::Carrier => "carrier",
+            Self::Gateway => "gateway",
+            Self::Did => "did",
+        }
+    }
+
+    /// Scopes tied to where a call goes: a refusal there means "try the next carrier or
+    /// gateway", not "refuse the call".
+    pub fn is_egress(self) -> bool {
+        matches!(self, Self::Carrier | Self::Gateway)
+    }
+}
+
+/// The name within a scope.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyName {
+    None,
+    Ip(IpAddr),
+    Text(Arc<str>),
+}
+
+/// One counter in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LimitKey {
+    pub scope: Scope,
+    pub name: KeyName,
+}
+
+impl LimitKey {
+    pub fn server() -> Self {
+        Self { scope: Scope::Server, name: KeyName::None }
+    }
+
+    pub fn text(scope: Scope, name: &Arc<str>) -> Self {
+        Self { scope, name: KeyName::Text(name.clone()) }
+    }
+
+    pub fn ip(ip: IpAddr) -> Self {
+        Self { scope: Scope::Ip, name: KeyName::Ip(ip) }
+    }
+}
+
+impl fmt::Display for LimitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            KeyName::None => f.write_str(self.scope.as_str()),
+            KeyName::Ip(ip) => write!(f, "{}:{ip}", self.scope.as_str()),
+            KeyName::Text(t) => write!(f, "{}:{t}", self.scope.as_str()),
+        }
+    }
+}
+
+impl KeyName {
+    /// The name as shown in logs, metrics and /status ("" for the server).
+    pub fn label(&self) -> String {
+        match self {
+            Self::None => String::new(),
+            Self::Ip(ip) => ip.to_string(),
+            Self::Text(t) => t.to_string(),
+        }
+    }
+}
+
+/// One limit a call must fit under. A demand with no limits is still counted (channels and
+/// admissions per second), for /status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Demand {
+    pub key: LimitKey,
+    pub cps: Option<u32>,
+    pub channels: Option<u32>,
+}
+
+/// Channels held by an admitted call, returned to the store exactly once when it ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    pub keys: Vec<LimitKey>,
+}
+
+/// The limit that turned a call away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub key: LimitKey,
+    pub kind: Refusal,
+}
+
+/// Check-and-reserve across every applicable limit, and release. In memory today; a shared
+/// (Redis) store for a cluster implements the same two operations.
+pub trait Store: Send + Sync {
+    /// Admits a call under all `demands` or none. `count_cps = false` for a call already
+    /// counted (an INVITE re-sent with credentials after 401/407): it takes channels only.
+    fn admit(&self, now: Instant, demands: &[Demand], count_cps: bool) -> Result<Reservation, Rejection>;
+
+    /// Returns the channels of a reservation.
+    fn release(&self, now: Instant, reservation: &Reservation);
+}
