@@ -63,6 +63,13 @@ impl Endpoint {
         }
     }
 
+    /// A UDP endpoint on a given loopback address (127.0.0.2, 127.0.0.3...: other "hosts").
+    pub async fn udp_on(ip: &str) -> Self {
+        let s = UdpSocket::bind(format!("{ip}:0")).await.unwrap();
+        let local = s.local_addr().unwrap();
+        Self { transport: Transport::Udp, udp: Some(s), tcp_listener: None, tcp: None, buf: Vec::new(), local }
+    }
+
     /// A TCP server endpoint (a PBX): accepts the proxy's connection on first receive.
     pub async fn tcp_server() -> Self {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -329,4 +336,88 @@ pub async fn eventually(running: &Running, what: &str, f: impl Fn(&sluice::proxy
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("condition never held: {what}");
+}
+
+/// How a scripted PBX answers INVITEs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pbx {
+    /// 180 then 200 OK.
+    Answer,
+    /// 486 Busy Here.
+    Busy,
+    /// 180 and nothing more (until CANCEL: then 200 + 487).
+    Ring,
+    /// Nothing at all.
+    Silent,
+}
+
+/// A PBX that answers by itself on a UDP endpoint. Returns the requests it received.
+pub fn spawn_pbx(mut ep: Endpoint, mode: Pbx) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let contact = ep.local;
+        let mut invites: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        while let Some((msg, from)) = ep.recv_within(Duration::from_secs(3600)).await {
+            if msg.starts_with("SIP/2.0") {
+                continue;
+            }
+            log.lock().unwrap().push(msg.clone());
+            let call_id = header(&msg, "Call-ID").unwrap_or_default().to_string();
+            let tag = format!("pbx-{call_id}");
+            let replies: Vec<String> = if msg.starts_with("INVITE ") {
+                invites.insert(call_id.clone(), msg.clone());
+                match mode {
+                    Pbx::Answer => vec![
+                        respond(&msg, 180, "Ringing", Some(&tag), "", Some(contact)),
+                        respond(&msg, 200, "OK", Some(&tag), "", Some(contact)),
+                    ],
+                    Pbx::Busy => vec![respond(&msg, 486, "Busy Here", Some(&tag), "", None)],
+                    Pbx::Ring => vec![respond(&msg, 180, "Ringing", Some(&tag), "", Some(contact))],
+                    Pbx::Silent => vec![],
+                }
+            } else if msg.starts_with("CANCEL ") {
+                let mut r = vec![respond(&msg, 200, "OK", Some(&tag), "", None)];
+                if let Some(inv) = invites.get(&call_id) {
+                    r.push(respond(inv, 487, "Request Terminated", Some(&tag), "", None));
+                }
+                r
+            } else if msg.starts_with("ACK ") || mode == Pbx::Silent {
+                vec![]
+            } else {
+                vec![respond(&msg, 200, "OK", None, "", None)]
+            };
+            for r in replies {
+                ep.send(from, r.as_bytes()).await;
+            }
+        }
+    });
+    seen
+}
+
+/// Counts requests of a method a scripted PBX received.
+pub fn count(seen: &std::sync::Arc<std::sync::Mutex<Vec<String>>>, method: &str) -> usize {
+    seen.lock().unwrap().iter().filter(|m| m.starts_with(&format!("{method} "))).count()
+}
+
+/// Collects final responses (status >= 200) arriving at `ep` for `wait`; identical
+/// retransmissions (Timer G re-sends an unacknowledged final) are kept once.
+pub async fn finals(ep: &mut Endpoint, wait: Duration) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return out;
+        }
+        match ep.recv_within(left).await {
+            Some((m, _)) if m.starts_with("SIP/2.0 ") && status(&m) >= 200 => {
+                if !out.iter().any(|(_, seen)| *seen == m) {
+                    out.push((status(&m), m));
+                }
+            }
+            Some(_) => {}
+            None => return out,
+        }
+    }
 }
