@@ -12,7 +12,11 @@ use sluice::peer::Transport;
 const SETTLE: Duration = Duration::from_millis(400);
 
 /// Starts sluice with one carrier at a scripted PBX and extra config; returns everything.
-async fn setup(mode: Pbx, server_extra: &str, extra: &str) -> (sluice::server::Running, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+async fn setup(
+    mode: Pbx,
+    server_extra: &str,
+    extra: &str,
+) -> (sluice::server::Running, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     let seen = spawn_pbx(pbx, mode);
@@ -20,7 +24,13 @@ async fn setup(mode: Pbx, server_extra: &str, extra: &str) -> (sluice::server::R
     (running, seen)
 }
 
-fn invite_as(caller: &Endpoint, call_id: &str, number: &str, proxy: std::net::SocketAddr, user: Option<&str>) -> String {
+fn invite_as(
+    caller: &Endpoint,
+    call_id: &str,
+    number: &str,
+    proxy: std::net::SocketAddr,
+    user: Option<&str>,
+) -> String {
     let inv = invite(caller, call_id, call_id, number, proxy);
     match user {
         Some(u) => inv.replacen(
@@ -64,13 +74,30 @@ async fn channels_limit_and_release_by_bye() {
     assert_eq!(count_status(&got, 503, "Channel Limit reached"), 10);
     assert_eq!(running.shared.limits.usage(tokio::time::Instant::now(), &LimitKey::server()).0, 10);
     // Hang up five of the answered calls.
-    let answered: Vec<String> = got.iter().filter(|(s, _)| *s == 200).map(|(_, m)| header(m, "Call-ID").unwrap().to_string()).collect();
+    let answered: Vec<String> = got
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, m)| header(m, "Call-ID").unwrap().to_string())
+        .collect();
     for id in &answered[..5] {
-        let bye = in_dialog("BYE", &caller, "sip:pbx@127.0.0.1", id, &format!("caller-{id}"), &format!("pbx-{id}"), 2, &[], &format!("bye-{id}"));
+        let bye = in_dialog(
+            "BYE",
+            &caller,
+            "sip:pbx@127.0.0.1",
+            id,
+            &format!("caller-{id}"),
+            &format!("pbx-{id}"),
+            2,
+            &[],
+            &format!("bye-{id}"),
+        );
         caller.send(proxy, bye.as_bytes()).await;
     }
     let byes = finals(&mut caller, SETTLE).await;
-    let bye_oks = byes.iter().filter(|(s, m)| *s == 200 && header(m, "CSeq").is_some_and(|c| c.ends_with("BYE"))).count();
+    let bye_oks = byes
+        .iter()
+        .filter(|(s, m)| *s == 200 && header(m, "CSeq").is_some_and(|c| c.ends_with("BYE")))
+        .count();
     assert_eq!(bye_oks, 5, "every BYE answered");
     for i in 0..6 {
         caller.send(proxy, invite_as(&caller, &format!("ch2-{i}"), "100", proxy, None).as_bytes()).await;
@@ -151,7 +178,10 @@ async fn did_and_route_limits() {
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     spawn_pbx(pbx, Pbx::Answer);
-    let config = config_with(&[uri], "", extra).replace("prefix = \"\"\ncarriers = [\"pbx\"]", "prefix = \"\"\ncarriers = [\"pbx\"]\n[[route]]\nprefix = \"44\"\ncarriers = [\"pbx\"]\ncps = 1");
+    let config = config_with(&[uri], "", extra).replace(
+        "prefix = \"\"\ncarriers = [\"pbx\"]",
+        "prefix = \"\"\ncarriers = [\"pbx\"]\n[[route]]\nprefix = \"44\"\ncarriers = [\"pbx\"]\ncps = 1",
+    );
     let running = start(&config).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut c = Endpoint::udp().await;
@@ -226,7 +256,11 @@ async fn a_refusal_takes_nothing_from_other_scopes() {
     c.expect("SIP/2.0 200").await;
     assert_eq!(count(&seen, "INVITE"), 2);
     let now = tokio::time::Instant::now();
-    assert_eq!(running.shared.limits.usage(now, &LimitKey::server()).0, 2, "two channels at the server scope");
+    assert_eq!(
+        running.shared.limits.usage(now, &LimitKey::server()).0,
+        2,
+        "two channels at the server scope"
+    );
     running.stop().await;
 }
 
@@ -239,14 +273,31 @@ async fn invite_after_407_is_the_same_call() {
     let first = invite_as(&c, "auth-1", "100", proxy, None);
     c.send(proxy, first.as_bytes()).await;
     let (inv, from) = pbx.expect("INVITE ").await;
-    pbx.send(from, respond(&inv, 407, "Proxy Authentication Required", Some("p"), "Proxy-Authenticate: Digest realm=\"r\", nonce=\"n\"\r\n", None).as_bytes()).await;
+    pbx.send(
+        from,
+        respond(
+            &inv,
+            407,
+            "Proxy Authentication Required",
+            Some("p"),
+            "Proxy-Authenticate: Digest realm=\"r\", nonce=\"n\"\r\n",
+            None,
+        )
+        .as_bytes(),
+    )
+    .await;
     c.expect("SIP/2.0 407").await;
     pbx.expect("ACK ").await;
     // The credentials INVITE: same Call-ID and From tag, CSeq 2, new branch.
-    let again = invite_as(&c, "auth-1", "100", proxy, Some("alice")).replace("CSeq: 1 INVITE", "CSeq: 2 INVITE").replace("branch=z9hG4bKauth-1", "branch=z9hG4bKauth-1b");
+    let again = invite_as(&c, "auth-1", "100", proxy, Some("alice"))
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace("branch=z9hG4bKauth-1", "branch=z9hG4bKauth-1b");
     c.send(proxy, again.as_bytes()).await;
     let (inv2, _) = pbx.expect("INVITE ").await;
-    assert!(header(&inv2, "CSeq").unwrap().starts_with('2'), "the re-INVITE is admitted within the same second");
+    assert!(
+        header(&inv2, "CSeq").unwrap().starts_with('2'),
+        "the re-INVITE is admitted within the same second"
+    );
     // A genuinely new call in that second is over the 1 CPS.
     c.send(proxy, invite_as(&c, "auth-2", "100", proxy, None).as_bytes()).await;
     assert_eq!(c.expect("SIP/2.0 5").await.0.lines().next(), Some("SIP/2.0 503 CPS Limit reached"));
@@ -323,11 +374,27 @@ async fn every_way_a_call_ends_frees_its_channel() {
     // Answered, then BYE from the PBX.
     c.send(proxy, invite_as(&c, "end-bye", "400", proxy, None).as_bytes()).await;
     let (inv, from) = answer_pbx.expect("INVITE ").await;
-    answer_pbx.send(from, respond(&inv, 200, "OK", Some("pbxt"), "", Some(answer_pbx.local)).as_bytes()).await;
+    answer_pbx
+        .send(from, respond(&inv, 200, "OK", Some("pbxt"), "", Some(answer_pbx.local)).as_bytes())
+        .await;
     c.expect("SIP/2.0 200").await;
     c.send(proxy, invite_as(&c, "end-extra", "400", proxy, None).as_bytes()).await;
-    assert_eq!(c.expect("SIP/2.0 5").await.0.lines().next(), Some("SIP/2.0 503 Channel Limit reached"), "the channel is held");
-    let bye = in_dialog("BYE", &answer_pbx, "sip:alice@caller", "end-bye", "pbxt", "caller-end-bye", 1, &[], "pbxbye");
+    assert_eq!(
+        c.expect("SIP/2.0 5").await.0.lines().next(),
+        Some("SIP/2.0 503 Channel Limit reached"),
+        "the channel is held"
+    );
+    let bye = in_dialog(
+        "BYE",
+        &answer_pbx,
+        "sip:alice@caller",
+        "end-bye",
+        "pbxt",
+        "caller-end-bye",
+        1,
+        &[],
+        "pbxbye",
+    );
     answer_pbx.send(from, bye.as_bytes()).await;
     let (bye_at_caller, src) = c.expect("BYE ").await;
     c.send(src, respond(&bye_at_caller, 200, "OK", None, "", None).as_bytes()).await;

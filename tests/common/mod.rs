@@ -67,7 +67,14 @@ impl Endpoint {
     pub async fn udp_on(ip: &str) -> Self {
         let s = UdpSocket::bind(format!("{ip}:0")).await.unwrap();
         let local = s.local_addr().unwrap();
-        Self { transport: Transport::Udp, udp: Some(s), tcp_listener: None, tcp: None, buf: Vec::new(), local }
+        Self {
+            transport: Transport::Udp,
+            udp: Some(s),
+            tcp_listener: None,
+            tcp: None,
+            buf: Vec::new(),
+            local,
+        }
     }
 
     /// A TCP server endpoint (a PBX): accepts the proxy's connection on first receive.
