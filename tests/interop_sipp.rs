@@ -120,3 +120,114 @@ async fn sipp_3000_calls_at_300_cps_over_tcp() {
         run_calls(true, 3000, 300).await;
     }
 }
+
+/// The count of a response code in SIPp's message table ("503 <----------  67 ...").
+fn sipp_received(stdout: &str, code: &str) -> u64 {
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(&format!("{code} <")))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Answered, busy and cancelled calls through sluice at 90 calls/s against a 50 CPS
+/// server limit: every SIPp call completes (503 is an accepted outcome of the scenarios),
+/// the 503s SIPp saw are the ones sluice counted, and no channel is left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_mixed_calls_over_the_limit() {
+    if !sipp_available() {
+        return;
+    }
+    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let config = format!(
+        "[server]\nlisten = [\"udp://127.0.0.1:0\"]\n[log]\nlevel = \"warn\"\n[limits]\ncps = 50\nchannels = 60\n\
+         [[carrier]]\nname = \"answer\"\ngateways = [\"udp://127.0.0.1:{}\"]\n\
+         [[carrier]]\nname = \"busy\"\ngateways = [\"udp://127.0.0.1:{}\"]\n\
+         [[carrier]]\nname = \"ring\"\ngateways = [\"udp://127.0.0.1:{}\"]\n\
+         [[route]]\nprefix = \"1\"\ncarriers = [\"answer\"]\n[[route]]\nprefix = \"2\"\ncarriers = [\"busy\"]\n\
+         [[route]]\nprefix = \"3\"\ncarriers = [\"ring\"]\n",
+        ports[0], ports[1], ports[2]
+    );
+    let running = start(&config).await;
+    let proxy = running.addr(Transport::Udp).unwrap().to_string();
+    let dir = tempdir();
+    let uas = |args: Vec<String>| {
+        Command::new("sipp")
+            .args(args)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sipp uas")
+    };
+    let common = |port: u16| {
+        vec![
+            "-i".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-nostdin".into(),
+            "-timeout".into(),
+            "90".into(),
+        ]
+    };
+    let mut servers = vec![
+        uas([vec!["-sn".to_string(), "uas".into()], common(ports[0])].concat()),
+        uas([vec!["-sf".to_string(), format!("{scenarios}/uas_busy.xml")], common(ports[1])].concat()),
+        uas([vec!["-sf".to_string(), format!("{scenarios}/uas_ring.xml")], common(ports[2])].concat()),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let callers = [
+        ("uac_limited.xml", "1000", ports[3]),
+        ("uac_limited.xml", "2000", ports[4]),
+        ("uac_cancel.xml", "3000", ports[5]),
+    ];
+    let mut runs = Vec::new();
+    for (file, service, port) in callers {
+        let (dir, proxy, scenarios) = (dir.clone(), proxy.clone(), scenarios.to_string());
+        runs.push(tokio::task::spawn_blocking(move || {
+            Command::new("sipp")
+                .args([
+                    "-sf",
+                    &format!("{scenarios}/{file}"),
+                    "-s",
+                    service,
+                    &proxy,
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
+                .args(["-m", "150", "-r", "30", "-nostdin", "-timeout", "90"])
+                .current_dir(&dir)
+                .output()
+                .expect("run sipp uac")
+        }));
+    }
+    let mut seen_503 = 0;
+    for run in runs {
+        let output = run.await.unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(sipp_count(&stdout, "Failed call"), Some(0), "{stdout}");
+        assert_eq!(sipp_count(&stdout, "Successful call"), Some(150), "{stdout}");
+        seen_503 += sipp_received(&stdout, "503");
+    }
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let stats = &running.shared.stats;
+    let rejected = stats.calls_rejected_cps.load(std::sync::atomic::Ordering::Relaxed)
+        + stats.calls_rejected_channels.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(seen_503 > 0, "the offered 90 calls/s must exceed the 50 CPS limit");
+    assert_eq!(seen_503, rejected, "every 503 SIPp saw is one sluice counted (retransmissions aside)");
+    let admitted = stats.calls_admitted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(admitted + rejected, 450, "each call decided once");
+    eventually(&running, "every channel released", |_| running.shared.limits.total_channels() == 0).await;
+    eventually(&running, "no call left", |p| p.active_calls() == 0).await;
+    running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -35,12 +35,6 @@ pub fn request(
     let first_via = msg
         .first(HeaderName::Via)
         .map_or(msg.start_line.end as usize + crlf.len(), |h| h.line.start as usize);
-    s.insert_with(first_via, |out| {
-        let _ = write!(out, "Via: SIP/2.0/{} {};branch=", edits.out.via_token(), me.sent_by(edits.out));
-        out.extend_from_slice(edits.branch);
-        out.extend_from_slice(b";rport");
-        out.extend_from_slice(crlf);
-    });
     if edits.record_route {
         let at = msg.first(HeaderName::RecordRoute).map_or(first_via, |h| h.line.start as usize);
         s.insert_with(at, |out| {
@@ -67,6 +61,14 @@ pub fn request(
             out.extend_from_slice(crlf);
         }),
     }
+    // Our Via goes last at that position, so the Via block stays contiguous (a UAS that
+    // copies "the Via lines" copies all of them).
+    s.insert_with(first_via, |out| {
+        let _ = write!(out, "Via: SIP/2.0/{} {};branch=", edits.out.via_token(), me.sent_by(edits.out));
+        out.extend_from_slice(edits.branch);
+        out.extend_from_slice(b";rport");
+        out.extend_from_slice(crlf);
+    });
     pop_my_routes(msg, me, &mut s);
     if msg.content_length.is_none() && edits.out == Transport::Tcp {
         let at = msg.body_start - crlf.len();
@@ -195,8 +197,8 @@ v=0\r\ntrailing-garbage";
         assert_eq!(
             text,
             "INVITE sip:+15551230000@127.0.0.1 SIP/2.0\r\n\
-Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKslX;rport\r\n\
 Record-Route: <sip:127.0.0.1:5060;lr>\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKslX;rport\r\n\
 Via: SIP/2.0/UDP 10.1.1.1:5060;branch=z9hG4bK1;rport=5999;received=192.0.2.10\r\n\
 Route: <sip:next.example.com;lr>\r\n\
 Max-Forwards: 9\r\n\

@@ -41,6 +41,11 @@ impl Proxy {
             }
             return;
         }
+        if !has_second_via(msg) {
+            // RFC 3261 §16.7 step 3: a response with no Via beyond ours was meant for this
+            // proxy (only answers to our own CANCEL are, handled above); it is never forwarded.
+            return self.stray(now, source, msg, "response with no Via beyond ours");
+        }
         let Some(id) = id else {
             if (200..300).contains(&status) && cseq_method == b"INVITE" {
                 // A 2xx retransmission after the transaction ended still travels end to end.
@@ -255,4 +260,11 @@ fn session_expires(msg: &Message<'_>) -> Option<u32> {
     let value = msg.value(HeaderName::SessionExpires)?;
     let end = value.iter().position(|b| *b == b';' || b.is_ascii_whitespace()).unwrap_or(value.len());
     crate::sip::message::parse_u32(&value[..end]).filter(|s| *s > 0)
+}
+
+/// True when the response carries a Via after the top one (in the same header or another).
+fn has_second_via(msg: &Message<'_>) -> bool {
+    let mut vias = msg.all(HeaderName::Via);
+    let Some(first) = vias.next() else { return false };
+    vias.next().is_some() || crate::sip::params::split_list(msg.bytes(first.value)).len() > 1
 }
