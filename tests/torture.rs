@@ -23,11 +23,16 @@ enum Outcome {
 fn run(file: &str) -> (Outcome, Option<Vec<u8>>) {
     let path = format!("{}/tests/fixtures/rfc4475/{file}.dat", env!("CARGO_MANIFEST_DIR"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    run_bytes(&bytes)
+}
+
+fn run_bytes(bytes: &[u8]) -> (Outcome, Option<Vec<u8>>) {
+    let file = "input";
     let config = Arc::new(Config::parse("t", CONFIG).unwrap());
     let mut proxy = Proxy::new(config, Arc::new(Stats::default()), 1);
     let mut out = Vec::new();
     let source = Peer::udp("192.0.2.1:5060".parse().unwrap());
-    proxy.on_message(Instant::now(), source, &bytes, &mut out);
+    proxy.on_message(Instant::now(), source, bytes, &mut out);
     let gateway: std::net::SocketAddr = "127.0.0.1:5070".parse().unwrap();
     let mut outcome = (Outcome::Dropped, None);
     for Action::Send { to, data, .. } in &out {
@@ -129,4 +134,11 @@ fn double_request_datagram_forwards_only_the_first() {
     let fwd = fwd.unwrap();
     assert!(fwd.starts_with(b"REGISTER "));
     assert!(!fwd.windows(7).any(|w| w == b"INVITE "), "the trailing request is not smuggled along");
+}
+
+#[test]
+fn fuzzer_findings_do_not_panic() {
+    // Inputs the fuzzer found that once panicked (a ';' before the end of the sent-protocol).
+    let (outcome, _) = run_bytes(include_bytes!("fixtures/fuzz-via-crash.dat"));
+    assert_eq!(outcome, Outcome::Dropped, "a Via that does not parse and a broken CSeq: no answer possible");
 }

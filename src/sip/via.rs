@@ -88,10 +88,12 @@ fn parse_one(value: &[u8], range: Range<usize>) -> Option<Via<'_>> {
             pos += 1;
         }
     }
-    if !parts[0].eq_ignore_ascii_case(b"SIP") || parts[1] != b"2.0" || parts[2].is_empty() {
+    let token =
+        |p: &[u8]| !p.is_empty() && p.iter().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(b));
+    if !parts[0].eq_ignore_ascii_case(b"SIP") || parts[1] != b"2.0" || !token(parts[2]) {
         return None;
     }
-    let semi = elem.iter().position(|b| *b == b';').unwrap_or(elem.len());
+    let semi = elem[pos..].iter().position(|b| *b == b';').map_or(elem.len(), |i| pos + i);
     let sent_by = trim(&elem[pos..semi]);
     if sent_by.is_empty() {
         return None;
@@ -183,5 +185,8 @@ mod tests {
         assert!(parse_first(b"SIP/2.0/UDP 192.0.2.15;;,;,,").is_some());
         assert!(parse_first(b"garbage").is_none());
         assert!(parse_first(b"SIP/2.0/UDP").is_none());
+        // Found by the fuzzer: a ';' inside the sent-protocol once sliced backwards.
+        assert!(parse_first(b"SIP/2.0/UD;P host").is_none());
+        assert!(parse_first(b"SIP /2.0;/UDP h").is_none());
     }
 }
