@@ -70,7 +70,10 @@ impl Counter {
         self.roll(now);
         self.this_second += 1;
         if let Some(max) = cps {
-            while self.times.len() >= max.max(1) as usize {
+            // Keep only what can still matter: the last `cps` admissions within one second.
+            while self.times.len() >= max.max(1) as usize
+                || self.times.front().is_some_and(|t| now.saturating_sub(*t) >= SECOND)
+            {
                 self.times.pop_front();
             }
             self.times.push_back(now);

@@ -188,6 +188,11 @@ impl Proxy {
         }
         let route_ref = RouteRef { customer: own_routes.and(customer), index };
         let plan = self.planner.plan(customer, ip, user, route_ref, number);
+        if plan.candidates.is_empty() {
+            Stats::bump(&self.stats.calls_no_route);
+            self.reply(msg, source, Answer::new(404, "Not Found"), &[], out);
+            return;
+        }
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let ctx = CallContext { msg, source, customer, user, number };
         let Some((targets, reservation)) = self.admit(now, &plan, &ctx, out, key.clone()) else {

@@ -1,0 +1,98 @@
+//! Admission cost: one decision across 7 scopes (server, customer, ip, user, route, carrier,
+//! gateway) in the in-memory store, on 1 and 2 threads, with one source IP and with 1,000,000
+//! distinct source IPs. Prints bytes per key after the 1M run.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sluice::limit::memory::MemoryStore;
+use sluice::limit::{Demand, KeyName, LimitKey, Scope, Store};
+use tokio::time::Instant;
+
+fn demands(ip: IpAddr) -> Vec<Demand> {
+    let text = |scope, name: &str| LimitKey { scope, name: KeyName::Text(Arc::from(name)) };
+    let lim = |cps: u32, channels: u32| (Some(cps), Some(channels));
+    [
+        (LimitKey::server(), lim(1_000_000, 1_000_000)),
+        (text(Scope::Customer, "acme"), lim(1_000_000, 1_000_000)),
+        (LimitKey::ip(ip), lim(1_000, 1_000)),
+        (text(Scope::User, "acme-trunk"), lim(1_000_000, 1_000_000)),
+        (text(Scope::Route, "acme/44"), lim(1_000_000, 1_000_000)),
+        (text(Scope::Carrier, "pbx"), lim(1_000_000, 1_000_000)),
+        (text(Scope::Gateway, "udp://127.0.0.1:5070"), lim(1_000_000, 1_000_000)),
+    ]
+    .into_iter()
+    .map(|(key, (cps, channels))| Demand { key, cps, channels })
+    .collect()
+}
+
+fn ip(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
+}
+
+/// Admits and releases `n` calls; simulated time advances 1 ms per call so windows roll.
+fn run(store: &MemoryStore, sets: &[Vec<Demand>], n: u64, t0: Instant) {
+    for i in 0..n {
+        let d = &sets[(i as usize) % sets.len()];
+        let now = t0 + Duration::from_micros(i * 20);
+        let r = store.admit(now, d, true).expect("limits are not hit in this bench");
+        store.release(now, black_box(&r));
+    }
+}
+
+fn admission(c: &mut Criterion) {
+    let mut g = c.benchmark_group("admission_7_scopes");
+    let one = vec![demands(ip(1))];
+    g.bench_function("1_thread_1_ip", |b| {
+        let t0 = Instant::now();
+        let store = MemoryStore::new(t0);
+        b.iter_custom(|iters| {
+            let start = StdInstant::now();
+            run(&store, &one, iters, t0);
+            start.elapsed()
+        })
+    });
+    g.bench_function("2_threads_1_ip", |b| {
+        let t0 = Instant::now();
+        let store = MemoryStore::new(t0);
+        b.iter_custom(|iters| {
+            let start = StdInstant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| run(&store, &one, iters.div_ceil(2), t0));
+                }
+            });
+            start.elapsed()
+        })
+    });
+    let million: Vec<Vec<Demand>> = (0..1_000_000).map(|i| demands(ip(i))).collect();
+    let t0 = Instant::now();
+    let store = MemoryStore::new(t0);
+    run(&store, &million, 1_000_000, t0); // every key exists before measuring
+    g.bench_function("1_thread_1M_ips", |b| {
+        b.iter_custom(|iters| {
+            let start = StdInstant::now();
+            run(&store, &million, iters, t0);
+            start.elapsed()
+        })
+    });
+    g.bench_function("2_threads_1M_ips", |b| {
+        b.iter_custom(|iters| {
+            let start = StdInstant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| run(&store, &million, iters.div_ceil(2), t0));
+                }
+            });
+            start.elapsed()
+        })
+    });
+    g.finish();
+    println!("keys: {}, approx bytes per key: {}", store.len(), store.bytes_per_key());
+}
+
+criterion_group!(benches, admission);
+criterion_main!(benches);
