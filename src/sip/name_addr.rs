@@ -3,6 +3,8 @@
 
 use std::ops::Range;
 
+use super::params::Quotes;
+
 /// Ranges within the parsed value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NameAddr {
@@ -15,29 +17,14 @@ impl NameAddr {
     /// Parses `[display-name] <uri> *(;param)` or `uri *(;param)`. Returns `None` for an
     /// unbalanced quote or angle bracket.
     pub fn parse(value: &[u8]) -> Option<Self> {
-        let mut i = 0;
-        let mut in_quotes = false;
-        let mut escaped = false;
-        while i < value.len() {
-            let b = value[i];
-            if in_quotes {
-                if escaped {
-                    escaped = false;
-                } else if b == b'\\' {
-                    escaped = true;
-                } else if b == b'"' {
-                    in_quotes = false;
-                }
-            } else if b == b'"' {
-                in_quotes = true;
-            } else if b == b'<' {
+        let mut quotes = Quotes::default();
+        for (i, &b) in value.iter().enumerate() {
+            if quotes.outside(b) && b == b'<' {
                 let close = memchr::memchr(b'>', &value[i..])? + i;
-                let params_start = close + 1;
-                return Some(Self { uri: i + 1..close, params: params_start..value.len() });
+                return Some(Self { uri: i + 1..close, params: close + 1..value.len() });
             }
-            i += 1;
         }
-        if in_quotes {
+        if quotes.is_open() {
             return None;
         }
         // addr-spec form: the URI cannot carry parameters; the first ';' starts header params.

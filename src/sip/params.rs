@@ -15,25 +15,49 @@ pub struct Param<'a> {
     pub value_range: Option<Range<usize>>,
 }
 
+/// Tracks quoted-strings (with backslash escapes) while scanning a header value byte by byte.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Quotes {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Feeds one byte; true when it is outside any quoted string and not a quote mark.
+    pub(crate) fn outside(&mut self, b: u8) -> bool {
+        if self.inside {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.inside = false;
+            }
+            return false;
+        }
+        if b == b'"' {
+            self.inside = true;
+            return false;
+        }
+        true
+    }
+
+    /// True when the scanned text ended inside a quoted string.
+    pub(crate) fn is_open(self) -> bool {
+        self.inside
+    }
+}
+
 /// Positions of `sep` in `input` that are outside double quotes (and, when `angles`, outside
-/// `<...>`), honouring backslash escapes inside quotes.
+/// `<...>`).
 fn separators(input: &[u8], sep: u8, angles: bool) -> impl Iterator<Item = usize> + '_ {
-    let mut in_quotes = false;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     let mut depth = 0u32;
     input.iter().enumerate().filter_map(move |(i, &b)| {
-        if in_quotes {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_quotes = false;
-            }
+        if !quotes.outside(b) {
             return None;
         }
         match b {
-            b'"' => in_quotes = true,
             b'<' if angles => depth += 1,
             b'>' if angles => depth = depth.saturating_sub(1),
             _ if b == sep && depth == 0 => return Some(i),
