@@ -4,9 +4,10 @@
 # with a failed call (or when SIPp itself cannot keep the rate). For each step it reports the
 # proxy's CPU seconds per 1,000 calls (utime+stime from /proc) and its peak RSS (VmHWM).
 #
-# Usage: benches/sipp-load.sh [START_RATE] [STEP] [MAX_RATE] [STEP_SECONDS] [CONFIG_EXTRA_FILE]
-#   CONFIG_EXTRA_FILE: TOML appended to the generated config (e.g. [limits] to measure the
-#   limiter's cost with limits configured but not hit).
+# Usage: benches/sipp-load.sh [START_RATE] [STEP] [MAX_RATE] [STEP_SECONDS]
+#   WITH_LIMITS=1 configures limits at 7 scopes (server, customer, ip, route, did, carrier,
+#   gateway), all far above the offered load: the limiter's cost when limits are configured
+#   but not hit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ START=${1:-1000}
 STEP=${2:-1000}
 MAX=${3:-12000}
 SECS=${4:-10}
-EXTRA=${5:-}
+WITH_LIMITS=${WITH_LIMITS:-0}
 PROXY_PORT=${PROXY_PORT:-25060}
 UAS_PORT=${UAS_PORT:-25070}
 UAC_PORT=${UAC_PORT:-25080}
@@ -41,7 +42,24 @@ gateways = ["udp://127.0.0.1:$UAS_PORT"]
 prefix = ""
 carriers = ["uas"]
 TOML
-[ -n "$EXTRA" ] && cat "$EXTRA" >> "$work/sluice.toml"
+if [ "$WITH_LIMITS" = "1" ]; then
+  cat >> "$work/sluice.toml" <<TOML
+[limits]
+cps = 1000000
+channels = 10000000
+per_ip = { cps = 1000000, channels = 10000000 }
+[[customer]]
+name = "loadtest"
+ips = ["127.0.0.0/8"]
+cps = 1000000
+channels = 10000000
+[[did]]
+number = "service"
+cps = 1000000
+channels = 10000000
+TOML
+  sed -i 's/^carriers = \["uas"\]$/carriers = ["uas"]\ncps = 1000000\nchannels = 10000000/; s/^gateways = \["udp:\/\/127.0.0.1:'"$UAS_PORT"'"\]$/&\ncps = 1000000\nchannels = 10000000\ngateway_cps = 1000000\ngateway_channels = 10000000/' "$work/sluice.toml"
+fi
 
 "$BIN" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 PID=$!
@@ -53,7 +71,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 count() { grep -E "^ *$1" "$2" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}'; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "command: benches/sipp-load.sh $START $STEP $MAX $SECS $EXTRA"
+echo "command: WITH_LIMITS=$WITH_LIMITS benches/sipp-load.sh $START $STEP $MAX $SECS"
 printf "%8s %8s %8s %8s %14s %10s\n" rate calls ok failed cpu_s/1000 peak_rss
 best=0
 for ((rate = START; rate <= MAX; rate += STEP)); do

@@ -52,7 +52,9 @@ impl Counter {
             if max == 0 {
                 return Err(Refusal::Cps);
             }
-            let in_window = self.times.iter().rev().take_while(|t| now.saturating_sub(**t) < SECOND).count();
+            // Entries are oldest first and pruned on commit: count the stale head, not the window.
+            let stale = self.times.iter().take_while(|t| now.saturating_sub(**t) >= SECOND).count();
+            let in_window = self.times.len() - stale;
             if in_window >= max as usize {
                 return Err(Refusal::Cps);
             }
