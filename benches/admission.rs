@@ -5,6 +5,7 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -18,7 +19,7 @@ fn demands(ip: IpAddr) -> Vec<Demand> {
     [
         (LimitKey::server(), lim(1_000_000, 1_000_000)),
         (text(Scope::Customer, "acme"), lim(1_000_000, 1_000_000)),
-        (LimitKey::ip(ip), lim(1_000, 1_000)),
+        (LimitKey::ip(ip), lim(1_000_000, 1_000_000)),
         (text(Scope::User, "acme-trunk"), lim(1_000_000, 1_000_000)),
         (text(Scope::Route, "acme/44"), lim(1_000_000, 1_000_000)),
         (text(Scope::Carrier, "pbx"), lim(1_000_000, 1_000_000)),
@@ -33,11 +34,15 @@ fn ip(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
 }
 
-/// Admits and releases `n` calls; simulated time advances 1 ms per call so windows roll.
+/// Simulated time in microseconds, shared by all runs so it only moves forward.
+static CLOCK_US: AtomicU64 = AtomicU64::new(0);
+
+/// Admits and releases `n` calls; simulated time advances 20 us per call so windows roll.
 fn run(store: &MemoryStore, sets: &[Vec<Demand>], n: u64, t0: Instant) {
-    for i in 0..n {
-        let d = &sets[(i as usize) % sets.len()];
-        let now = t0 + Duration::from_micros(i * 20);
+    for _ in 0..n {
+        let us = CLOCK_US.fetch_add(20, Ordering::Relaxed);
+        let d = &sets[(us / 20) as usize % sets.len()];
+        let now = t0 + Duration::from_micros(us);
         let r = store.admit(now, d, true).expect("limits are not hit in this bench");
         store.release(now, black_box(&r));
     }
@@ -46,6 +51,22 @@ fn run(store: &MemoryStore, sets: &[Vec<Demand>], n: u64, t0: Instant) {
 fn admission(c: &mut Criterion) {
     let mut g = c.benchmark_group("admission_7_scopes");
     let one = vec![demands(ip(1))];
+    g.bench_function("1_thread_1_ip_admit_only", |b| {
+        // Channels unlimited, so reservations can be dropped unreleased: the check-and-
+        // reserve half on its own.
+        let t0 = Instant::now();
+        let store = MemoryStore::new(t0);
+        let mut d = demands(ip(1));
+        d.iter_mut().for_each(|d| d.channels = None);
+        b.iter_custom(|iters| {
+            let start = StdInstant::now();
+            for _ in 0..iters {
+                let us = CLOCK_US.fetch_add(20, Ordering::Relaxed);
+                black_box(store.admit(t0 + Duration::from_micros(us), &d, true).expect("room"));
+            }
+            start.elapsed()
+        })
+    });
     g.bench_function("1_thread_1_ip", |b| {
         let t0 = Instant::now();
         let store = MemoryStore::new(t0);

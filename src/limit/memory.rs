@@ -14,12 +14,14 @@ use super::{Demand, LimitKey, Rejection, Reservation, Scope, Store};
 #[derive(Debug)]
 pub struct MemoryStore {
     epoch: Instant,
-    keys: DashMap<LimitKey, Arc<Mutex<Counter>>>,
+    /// aHash with a per-process random seed: fast, and keys chosen by callers (source IPs,
+    /// usernames) cannot be crafted to collide.
+    keys: DashMap<LimitKey, Arc<Mutex<Counter>>, ahash::RandomState>,
 }
 
 impl MemoryStore {
     pub fn new(epoch: Instant) -> Self {
-        Self { epoch, keys: DashMap::new() }
+        Self { epoch, keys: DashMap::with_hasher(ahash::RandomState::new()) }
     }
 
     fn nanos(&self, now: Instant) -> u64 {
@@ -91,10 +93,13 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn admit(&self, now: Instant, demands: &[Demand], count_cps: bool) -> Result<Reservation, Rejection> {
         let at = self.nanos(now);
-        // Lock in key order: a global order rules out deadlock between admissions.
+        // Lock in one global order so two admissions never deadlock. Plans list demands in
+        // scope order with one key per scope, so the common case needs no sorting.
         let mut order: Vec<usize> = (0..demands.len()).collect();
-        order.sort_by(|a, b| demands[*a].key.cmp(&demands[*b].key));
-        order.dedup_by(|a, b| demands[*a].key == demands[*b].key);
+        if !demands.windows(2).all(|w| w[0].key.scope < w[1].key.scope) {
+            order.sort_by(|a, b| demands[*a].key.cmp(&demands[*b].key));
+            order.dedup_by(|a, b| demands[*a].key == demands[*b].key);
+        }
         let counters: Vec<Arc<Mutex<Counter>>> =
             order.iter().map(|i| self.counter(&demands[*i].key)).collect();
         let mut guards: Vec<_> = counters.iter().map(|c| c.lock()).collect();

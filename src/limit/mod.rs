@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 pub use window::Refusal;
 
-/// Where a limit comes from (the contract's scopes).
+/// Where a limit comes from (the contract's scopes). The declaration order is the order in
+/// which a call's demands are listed and locked (see [`memory::MemoryStore`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     Server,
@@ -26,9 +27,9 @@ pub enum Scope {
     Ip,
     User,
     Route,
+    Did,
     Carrier,
     Gateway,
-    Did,
 }
 
 impl Scope {
