@@ -378,3 +378,50 @@ async fn draining_refuses_new_invites_with_503() {
     assert!(header(&resp, "Retry-After").is_some());
     running.stop().await;
 }
+
+#[tokio::test]
+async fn full_call_over_ipv6() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("notice: no IPv6 loopback on this machine; IPv6 call flow not exercised");
+        return;
+    }
+    let pbx_socket = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    let pbx_addr = pbx_socket.local_addr().unwrap();
+    let config = format!(
+        "[server]\nlisten = [\"udp://[::1]:0\", \"tcp://[::1]:0\"]\n[log]\nlevel = \"warn\"\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://{pbx_addr}\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n"
+    );
+    let running = start(&config).await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    assert!(proxy.is_ipv6());
+    let caller = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    let local = caller.local_addr().unwrap();
+    let inv = format!(
+        "INVITE sip:100@{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKv6;rport\r\nMax-Forwards: 70\r\nFrom: <sip:a@{local}>;tag=v6\r\nTo: <sip:100@{proxy}>\r\nCall-ID: v6-call\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(inv.as_bytes(), proxy).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, from) = tokio::time::timeout(WAIT, pbx_socket.recv_from(&mut buf)).await.unwrap().unwrap();
+    let fwd = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(fwd.starts_with("INVITE "));
+    assert!(
+        headers(&fwd, "Via")[0].starts_with(&format!("SIP/2.0/UDP {proxy};branch=")),
+        "IPv6 sent-by in brackets: {fwd}"
+    );
+    assert!(header(&fwd, "Record-Route").unwrap().contains(&format!("<sip:{proxy};lr>")));
+    pbx_socket
+        .send_to(respond(&fwd, 200, "OK", Some("t6"), "", Some(pbx_addr)).as_bytes(), from)
+        .await
+        .unwrap();
+    loop {
+        let (n, _) = tokio::time::timeout(WAIT, caller.recv_from(&mut buf)).await.unwrap().unwrap();
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.starts_with("SIP/2.0 200") {
+            assert!(
+                headers(&msg, "Via")[0].contains("received=::1"),
+                "received holds the bare IPv6 address: {msg}"
+            );
+            break;
+        }
+    }
+    running.stop().await;
+}
