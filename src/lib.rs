@@ -5,6 +5,7 @@
 //! [`server`] binds it all together.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod limit;
 pub mod logging;
@@ -13,4 +14,6 @@ pub mod proxy;
 pub mod server;
 pub mod sip;
 pub mod stats;
+pub mod top;
 pub mod transport;
+pub mod usage;

@@ -28,12 +28,37 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the usage report (p95 of per-minute peak CPS, max, minutes) from the state file;
+    /// safe while the proxy runs.
+    Usage {
+        #[arg(long, default_value = "config/sluice.toml")]
+        config: PathBuf,
+    },
+    /// A live terminal view of a running sluice's /status (like htop).
+    Top {
+        /// The admin listener, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:9060")]
+        admin: String,
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Usage { config } => usage(&config),
+        Command::Top { admin, interval_ms } => {
+            match sluice::top::run(&admin, std::time::Duration::from_millis(interval_ms)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice top: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -62,6 +87,35 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+fn usage(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(state) = &config.usage.state_file else {
+        eprintln!(
+            "{}: [usage] state_file is not set: the report lives only in the running proxy (GET /usage)",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let mut tracker = sluice::usage::UsageTracker::now_anchored(config.usage.window_days);
+    match tracker.load(state) {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("{}: no usage recorded yet", state.display());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    tracker.roll(tokio::time::Instant::now());
+    print!("{}", sluice::top::usage_table(&tracker.report(), config.usage.window_days));
+    ExitCode::SUCCESS
+}
+
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = load(path).map_err(|_| anyhow::anyhow!("invalid configuration"))?;
     sluice::logging::init(config.log_format, &config.log_level);
@@ -71,19 +125,27 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let drain = config.drain;
         let server = Server::bind(config).await?;
         let running = server.start(CancellationToken::new());
-        wait_for_signal().await?;
+        wait_for_signals(&running).await?;
         running.drain_and_stop(drain).await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// SIGHUP reloads the config; SIGTERM/SIGINT return (to drain and stop).
+async fn wait_for_signals(running: &sluice::server::Running) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                if let Err(errors) = sluice::admin::reload::reload(&running.shared) {
+                    tracing::error!(event = "config.reload_failed", errors = ?errors, "reload refused; the running configuration stays");
+                }
+            }
+        }
     }
-    Ok(())
 }

@@ -11,12 +11,14 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
 use crate::config::{Config, Listener};
 use crate::limit::memory::MemoryStore;
 use crate::peer::Transport;
 use crate::proxy::Proxy;
 use crate::stats::Stats;
 use crate::transport::{self, Shared};
+use crate::usage::UsageTracker;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -30,12 +32,16 @@ pub struct Server {
     config: Arc<Config>,
     udp: Vec<Arc<UdpSocket>>,
     tcp: Vec<TcpListener>,
+    admin: Option<TcpListener>,
 }
 
 /// A running proxy: its addresses and a handle to stop it.
 pub struct Running {
     pub config: Arc<Config>,
     pub shared: Arc<Shared>,
+    pub usage: Arc<Mutex<UsageTracker>>,
+    /// The admin listener's bound address, if one is configured.
+    pub admin: Option<SocketAddr>,
     tasks: JoinSet<()>,
 }
 
@@ -72,7 +78,16 @@ impl Server {
             bound.push(Listener { transport: l.transport, addr: actual });
         }
         config.listen = bound;
-        Ok(Self { config: Arc::new(config), udp, tcp })
+        let admin = match config.admin {
+            Some(addr) => {
+                let err = |source| ServerError::Bind { transport: "http", addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(err)?;
+                config.admin = Some(listener.local_addr().map_err(err)?);
+                Some(listener)
+            }
+            None => None,
+        };
+        Ok(Self { config: Arc::new(config), udp, tcp, admin })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -106,7 +121,63 @@ impl Server {
         for l in &self.config.listen {
             tracing::info!(event = "server.listening", transport = l.transport.scheme(), addr = %l.addr, "listening");
         }
-        Running { config: self.config, shared, tasks }
+        let usage = Arc::new(Mutex::new(load_usage(&self.config)));
+        shared.core.lock().set_usage(usage.clone());
+        tasks.spawn(persist_usage(shared.clone(), usage.clone(), self.config.usage.state_file.clone()));
+        let admin_addr = self.config.admin;
+        if let Some(listener) = self.admin {
+            let admin = Arc::new(Admin::new(shared.clone(), usage.clone()));
+            tasks.spawn(crate::admin::serve(admin, listener));
+            if let Some(addr) = admin_addr {
+                tracing::info!(event = "server.listening", transport = "http", addr = %addr, "admin listening");
+            }
+        }
+        Running { config: self.config, shared, usage, admin: admin_addr, tasks }
+    }
+}
+
+/// The usage history from `[usage] state_file`; a missing file starts empty, a corrupt one is
+/// reported and replaced by a fresh history (never a crash).
+fn load_usage(config: &Config) -> UsageTracker {
+    let mut usage = UsageTracker::now_anchored(config.usage.window_days);
+    if let Some(path) = &config.usage.state_file {
+        match usage.load(path) {
+            Ok(true) => {
+                tracing::info!(event = "usage.loaded", path = %path.display(), "usage history loaded")
+            }
+            Ok(false) => {
+                tracing::info!(event = "usage.fresh", path = %path.display(), "no usage history yet")
+            }
+            Err(e) => {
+                tracing::warn!(event = "usage.corrupt", path = %path.display(), error = %e, "usage history unusable; starting afresh");
+                usage = UsageTracker::now_anchored(config.usage.window_days);
+            }
+        }
+    }
+    usage
+}
+
+/// Closes finished minutes and writes the state file every 30 s, and once more at shutdown.
+async fn persist_usage(
+    shared: Arc<Shared>,
+    usage: Arc<Mutex<UsageTracker>>,
+    path: Option<std::path::PathBuf>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        let stopping = tokio::select! {
+            _ = shared.shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        usage.lock().roll(tokio::time::Instant::now());
+        if let Some(path) = &path {
+            if let Err(e) = usage.lock().save(path) {
+                tracing::warn!(event = "usage.save_failed", error = %e, "usage history not saved");
+            }
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

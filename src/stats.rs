@@ -33,6 +33,9 @@ pub struct Stats {
     /// Which limit turned calls away: (scope, name, kind). Per-IP and per-user keys are
     /// folded into name "*" so the label set stays bounded.
     pub limit_hits: DashMap<(Scope, String, Refusal), u64>,
+    /// Gateways whose last request went unanswered (timeout or unreachable); cleared by any
+    /// response from them.
+    pub gateways_down: DashMap<std::net::SocketAddr, ()>,
 }
 
 impl Stats {

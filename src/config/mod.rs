@@ -567,7 +567,8 @@ pub fn host_text(ip: IpAddr) -> String {
     }
 }
 
-fn host_name() -> String {
+/// The machine's host name (default node id).
+pub fn host_name() -> String {
     std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "sluice".into())
 }
 

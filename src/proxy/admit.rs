@@ -49,6 +49,18 @@ impl Proxy {
             match self.limiter.admit(now, &demands, count_cps) {
                 Ok(reservation) => {
                     Stats::bump(&self.stats.calls_admitted);
+                    let customer =
+                        ctx.customer.and_then(|c| self.config.customers.get(c)).map(|c| c.name.as_str());
+                    let carrier = self.config.carriers.get(candidate.carrier).map_or("", |c| c.name.as_str());
+                    {
+                        let mut usage = self.usage.lock();
+                        match customer {
+                            Some(name) => {
+                                usage.record(now, &[("server", ""), ("customer", name), ("carrier", carrier)])
+                            }
+                            None => usage.record(now, &[("server", ""), ("carrier", carrier)]),
+                        }
+                    }
                     self.log_decision(ctx, Some(i), plan, "admitted", None, count_cps);
                     let mut targets = vec![Target::plain(candidate.peer)];
                     targets.extend(

@@ -35,6 +35,7 @@ use crate::peer::Peer;
 use crate::sip::edit::Splice;
 use crate::sip::{Message, reply};
 use crate::stats::Stats;
+use crate::usage::UsageTracker;
 use dialog::Dialog;
 use identity::Identity;
 use timer::Timers;
@@ -78,6 +79,8 @@ pub struct Proxy {
     customers: CustomerIndex,
     /// New calls recently challenged (401/407), by Call-ID: From tag and expiry timer.
     challenged: HashMap<Bytes, (Bytes, timer::TimerKey)>,
+    /// Per-minute peak CPS of admitted calls (server, customers, carriers), for billing.
+    usage: Arc<parking_lot::Mutex<UsageTracker>>,
 }
 
 impl Proxy {
@@ -96,6 +99,7 @@ impl Proxy {
             planner: Planner::new(&config),
             customers: CustomerIndex::new(&config),
             challenged: HashMap::new(),
+            usage: Arc::new(parking_lot::Mutex::new(UsageTracker::now_anchored(config.usage.window_days))),
             me: Identity::new(&config),
             config,
             txs: HashMap::new(),
@@ -113,6 +117,11 @@ impl Proxy {
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// Shares a usage tracker (the runtime's, which is persisted and served on /usage).
+    pub fn set_usage(&mut self, usage: Arc<parking_lot::Mutex<UsageTracker>>) {
+        self.usage = usage;
     }
 
     /// Replaces the configuration for new calls; transactions and dialogs in progress keep

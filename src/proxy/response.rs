@@ -24,6 +24,9 @@ impl Proxy {
         out: &mut Vec<Action>,
     ) {
         let status = msg.status().unwrap_or(0);
+        if !self.stats.gateways_down.is_empty() {
+            self.stats.gateways_down.remove(&source.addr);
+        }
         let top = msg.first(HeaderName::Via).and_then(|h| via::parse_first(msg.bytes(h.value)));
         let Some(top) = top.filter(|v| self.me.is_my_via(v.host, v.port)) else {
             return self.stray(now, source, msg, "response whose top Via is not ours");

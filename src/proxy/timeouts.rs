@@ -82,6 +82,7 @@ impl Proxy {
         b.settle(&mut self.timers);
         tx.failure = why;
         let gateway = b.target;
+        self.stats.gateways_down.insert(gateway.addr, ());
         tracing::info!(
             event = "gateway.no_answer",
             call_id = %String::from_utf8_lossy(&tx.call_id),

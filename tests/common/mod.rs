@@ -428,3 +428,17 @@ pub async fn finals(ep: &mut Endpoint, wait: Duration) -> Vec<(u16, String)> {
         }
     }
 }
+
+/// A minimal HTTP/1.0 request to the admin listener: (status code, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("admin listener");
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await.expect("admin answered").unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}

@@ -1,0 +1,125 @@
+//! `GET /metrics`: the contract's minimum set in the Prometheus text format 0.0.4, encoded by
+//! the `prometheus` crate from a fresh registry filled at scrape time (counters from the
+//! process-wide atomics, gauges from the limit store). Per-IP and per-user values never
+//! become labels: they are on /status.
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::time::Instant;
+
+use super::Admin;
+use crate::limit::{Refusal, Scope};
+use crate::stats::Stats;
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Option<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).ok()?;
+    registry.register(Box::new(c.clone())).ok()?;
+    Some(c)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Option<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).ok()?;
+    registry.register(Box::new(g.clone())).ok()?;
+    Some(g)
+}
+
+/// The exposition text; an empty string only if the registry itself fails (never expected).
+pub fn render(admin: &Admin) -> String {
+    build(admin).unwrap_or_default()
+}
+
+fn build(admin: &Admin) -> Option<String> {
+    let registry = Registry::new();
+    let stats = &admin.shared.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| Stats::get(c);
+
+    let calls = counter(&registry, "sluice_calls_total", "Initial INVITEs by outcome.", &["outcome"])?;
+    for (outcome, value) in [
+        ("admitted", get(&stats.calls_admitted)),
+        ("rejected_cps", get(&stats.calls_rejected_cps)),
+        ("rejected_channels", get(&stats.calls_rejected_channels)),
+        ("redirected", get(&stats.calls_redirected)),
+        ("queued", 0),
+        ("no_route", get(&stats.calls_no_route)),
+        ("forbidden", get(&stats.calls_forbidden)),
+        ("timeout", get(&stats.calls_timeout)),
+    ] {
+        calls.with_label_values(&[outcome]).inc_by(value);
+    }
+
+    let hits = counter(
+        &registry,
+        "sluice_limit_hits_total",
+        "Which limit turned a call away (scope ip/user: name \"*\").",
+        &["scope", "name", "kind"],
+    )?;
+    for entry in stats.limit_hits.iter() {
+        let (scope, name, kind) = entry.key();
+        let kind = match kind {
+            Refusal::Cps => "cps",
+            Refusal::Channels => "channels",
+        };
+        hits.with_label_values(&[scope.as_str(), name, kind]).inc_by(*entry.value());
+    }
+
+    let active = gauge(&registry, "sluice_active_calls", "Channels in use.", &["scope", "name"])?;
+    let cps = gauge(&registry, "sluice_cps", "Admissions in the last full second.", &["scope", "name"])?;
+    let now = Instant::now();
+    for scope in [Scope::Server, Scope::Customer, Scope::Carrier, Scope::Gateway, Scope::Route, Scope::Did] {
+        for (key, channels, per_second) in admin.shared.limits.snapshot(now, scope) {
+            let name = key.name.label();
+            active.with_label_values(&[scope.as_str(), &name]).set(i64::from(channels));
+            cps.with_label_values(&[scope.as_str(), &name]).set(i64::from(per_second));
+        }
+    }
+    // The server scope is always present, even before the first call.
+    active.with_label_values(&["server", ""]);
+    cps.with_label_values(&["server", ""]);
+
+    let p95 = GaugeVec::new(
+        Opts::new("sluice_cps_peak_p95", "95th percentile of per-minute peak CPS over the usage window."),
+        &["scope", "name"],
+    )
+    .ok()?;
+    registry.register(Box::new(p95.clone())).ok()?;
+    let rows = {
+        let mut usage = admin.usage.lock();
+        usage.roll(now);
+        usage.report()
+    };
+    for row in rows {
+        p95.with_label_values(&[&row.scope, &row.name]).set(f64::from(row.p95));
+    }
+
+    let messages =
+        counter(&registry, "sluice_sip_messages_total", "SIP messages handled.", &["direction", "kind"])?;
+    for (direction, kind, value) in [
+        ("in", "request", get(&stats.requests_in)),
+        ("in", "response", get(&stats.responses_in)),
+        ("out", "request", get(&stats.requests_out)),
+        ("out", "response", get(&stats.responses_out)),
+    ] {
+        messages.with_label_values(&[direction, kind]).inc_by(value);
+    }
+    let malformed = counter(
+        &registry,
+        "sluice_malformed_total",
+        "Messages that could not be parsed or failed sanity checks.",
+        &["transport"],
+    )?;
+    malformed.with_label_values(&["udp"]).inc_by(get(&stats.malformed_udp) + get(&stats.oversize));
+    malformed.with_label_values(&["tcp"]).inc_by(get(&stats.malformed_tcp));
+
+    let queue = IntGauge::new("sluice_queue_depth", "INVITEs waiting in the spike buffer.").ok()?;
+    registry.register(Box::new(queue)).ok()?;
+    let cluster_up = IntGauge::new(
+        "sluice_cluster_up",
+        "1 while the cluster store answers, else 0 (in-memory store: always 1).",
+    )
+    .ok()?;
+    cluster_up.set(1);
+    registry.register(Box::new(cluster_up)).ok()?;
+
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out).ok()?;
+    String::from_utf8(out).ok()
+}
