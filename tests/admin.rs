@@ -265,6 +265,20 @@ async fn reload_lowers_a_limit_under_active_calls() {
     acme.send(proxy, invite(&acme, "r-new2", "r-new2", "100", proxy).as_bytes()).await;
     assert_eq!(acme.expect("SIP/2.0 5").await.0.lines().next(), Some("SIP/2.0 503 Channel Limit reached"));
 
+    // Rename the customer and remove the carrier's name from use: the calls admitted under
+    // "acme" and carrier "pbx" are still released correctly.
+    std::fs::write(
+        &path,
+        before
+            .replace("channels = 5", "channels = 2")
+            .replace("\"acme\"", "\"acme-renamed\"")
+            .replace("name = \"pbx\"", "name = \"pbx2\"")
+            .replace("carriers = [\"pbx\"]", "carriers = [\"pbx2\"]"),
+    )
+    .unwrap();
+    let (code, body) = http(admin, "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+
     // The old calls end cleanly and every counter reaches 0.
     for (_, ok) in answered.iter().filter(|(s, _)| *s == 200) {
         let id = header(ok, "Call-ID").unwrap().to_string();
@@ -285,8 +299,18 @@ async fn reload_lowers_a_limit_under_active_calls() {
     assert_eq!(running.shared.limits.total_channels(), 0);
     let (_, body) = http(admin, "GET", "/status").await;
     let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["customers"][0]["name"], "acme-renamed");
     assert_eq!(s["customers"][0]["channels"], 0);
     assert_eq!(s["customers"][0]["limits"]["channels"], 2, "the new limit is in force");
+    let old_customer = sluice::limit::LimitKey {
+        scope: sluice::limit::Scope::Customer,
+        name: sluice::limit::KeyName::Text("acme".into()),
+    };
+    assert_eq!(
+        running.shared.limits.usage(tokio::time::Instant::now(), &old_customer).0,
+        0,
+        "the old name's channels were released"
+    );
     running.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
