@@ -109,6 +109,7 @@ impl Server {
             tcp: transport::tcp::Registry::default(),
             shutdown,
             max_message: self.config.max_message_bytes,
+            udp_pending: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut tasks = JoinSet::new();
         for socket in self.udp {

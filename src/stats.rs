@@ -21,6 +21,8 @@ pub struct Stats {
     /// Responses or requests dropped because they belong to nothing (stray responses,
     /// ACKs for unknown dialogs).
     pub stray: AtomicU64,
+    /// UDP datagrams dropped because the socket's send buffer stayed full.
+    pub udp_send_dropped: AtomicU64,
     pub calls_admitted: AtomicU64,
     pub calls_rejected_cps: AtomicU64,
     pub calls_rejected_channels: AtomicU64,

@@ -7,6 +7,7 @@ pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -18,6 +19,9 @@ use crate::limit::memory::MemoryStore;
 use crate::peer::{Peer, Transport};
 use crate::proxy::{Action, Proxy};
 use crate::stats::Stats;
+
+/// UDP sends allowed to wait for buffer space at once.
+const MAX_PENDING_UDP_SENDS: usize = 10_000;
 
 /// How often idle limit keys are swept.
 const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -32,6 +36,8 @@ pub struct Shared {
     pub tcp: tcp::Registry,
     pub shutdown: CancellationToken,
     pub max_message: usize,
+    /// UDP sends waiting for kernel buffer space.
+    pub udp_pending: AtomicUsize,
 }
 
 impl Shared {
@@ -63,9 +69,17 @@ impl Shared {
         match socket.try_send_to(&data, to) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let socket = socket.clone();
+                // The kernel buffer is full: wait for it in a task, but only up to a bound;
+                // beyond it the datagram is dropped (SIP over UDP retransmits).
+                if self.udp_pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_UDP_SENDS {
+                    self.udp_pending.fetch_sub(1, Ordering::Relaxed);
+                    Stats::bump(&self.stats.udp_send_dropped);
+                    return;
+                }
+                let (socket, shared) = (socket.clone(), self.clone());
                 tokio::spawn(async move {
                     let _ = socket.send_to(&data, to).await;
+                    shared.udp_pending.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             Err(e) => {

@@ -65,7 +65,7 @@ impl Registry {
         if let Some(id) = id {
             if let Some(sender) = self.conns.get(&id) {
                 if sender.try_send(data).is_err() {
-                    tracing::warn!(event = "transport.tcp_backlog", to = %to, "connection write queue full; message dropped");
+                    tracing::debug!(event = "transport.tcp_backlog", to = %to, "connection write queue full; message dropped");
                 }
                 return;
             }
