@@ -27,6 +27,14 @@ pub struct Stats {
     pub calls_rejected_cps: AtomicU64,
     pub calls_rejected_channels: AtomicU64,
     pub calls_redirected: AtomicU64,
+    /// Calls that entered the spike buffer, left it admitted, or left it refused.
+    pub calls_queued: AtomicU64,
+    pub queue_admitted: AtomicU64,
+    pub queue_expired: AtomicU64,
+    /// Calls waiting in the spike buffer now.
+    pub queue_depth: AtomicU64,
+    /// How long admitted calls waited in the spike buffer.
+    pub queue_wait: WaitHistogram,
     pub calls_no_route: AtomicU64,
     pub calls_forbidden: AtomicU64,
     pub calls_timeout: AtomicU64,
@@ -62,5 +70,31 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Bucket bounds (seconds) of the spike-buffer wait histogram.
+pub const WAIT_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// How long admitted calls waited in the spike buffer: a `prometheus` histogram (atomic,
+/// shared by the core and the metrics endpoint).
+#[derive(Debug, Clone)]
+pub struct WaitHistogram(pub prometheus::Histogram);
+
+impl Default for WaitHistogram {
+    fn default() -> Self {
+        let opts = prometheus::HistogramOpts::new(
+            "sluice_queue_wait_seconds",
+            "How long calls admitted from the spike buffer waited.",
+        )
+        .buckets(WAIT_BUCKETS.to_vec());
+        // A constant, valid bucket list: this cannot fail.
+        Self(prometheus::Histogram::with_opts(opts).expect("static histogram options are valid"))
+    }
+}
+
+impl WaitHistogram {
+    pub fn observe(&self, wait: std::time::Duration) {
+        self.0.observe(wait.as_secs_f64());
     }
 }

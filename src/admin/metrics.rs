@@ -38,7 +38,7 @@ fn build(admin: &Admin) -> Option<String> {
         ("rejected_cps", get(&stats.calls_rejected_cps)),
         ("rejected_channels", get(&stats.calls_rejected_channels)),
         ("redirected", get(&stats.calls_redirected)),
-        ("queued", 0),
+        ("queued", get(&stats.calls_queued)),
         ("no_route", get(&stats.calls_no_route)),
         ("forbidden", get(&stats.calls_forbidden)),
         ("timeout", get(&stats.calls_timeout)),
@@ -110,7 +110,13 @@ fn build(admin: &Admin) -> Option<String> {
     malformed.with_label_values(&["tcp"]).inc_by(get(&stats.malformed_tcp));
 
     let queue = IntGauge::new("sluice_queue_depth", "INVITEs waiting in the spike buffer.").ok()?;
+    queue.set(get(&stats.queue_depth) as i64);
     registry.register(Box::new(queue)).ok()?;
+    let left =
+        counter(&registry, "sluice_queue_left_total", "Calls that left the spike buffer, by how.", &["how"])?;
+    left.with_label_values(&["admitted"]).inc_by(get(&stats.queue_admitted));
+    left.with_label_values(&["expired"]).inc_by(get(&stats.queue_expired));
+    registry.register(Box::new(stats.queue_wait.0.clone())).ok()?;
     let cluster_up = IntGauge::new(
         "sluice_cluster_up",
         "1 while the cluster store answers, else 0 (in-memory store: always 1).",

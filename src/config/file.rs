@@ -161,6 +161,12 @@ pub(crate) struct Overflow {
     pub(crate) queue_ms: u64,
     #[serde(default = "default_queue_depth")]
     pub(crate) queue_depth: usize,
+    /// Added to the contract: calls over a channels limit may also wait (off by default).
+    #[serde(default)]
+    pub(crate) queue_channels: bool,
+    /// Added to the contract: numbers never queued or refused by CPS/channel limits.
+    #[serde(default = "default_emergency")]
+    pub(crate) emergency: Vec<String>,
 }
 
 impl Default for Overflow {
@@ -173,6 +179,8 @@ impl Default for Overflow {
             redirect: Vec::new(),
             queue_ms: 0,
             queue_depth: default_queue_depth(),
+            queue_channels: false,
+            emergency: default_emergency(),
         }
     }
 }
@@ -237,6 +245,9 @@ fn default_retry_after() -> u32 {
 }
 fn default_queue_depth() -> usize {
     1000
+}
+fn default_emergency() -> Vec<String> {
+    vec!["911".into(), "112".into(), "999".into()]
 }
 fn default_window_days() -> u32 {
     30

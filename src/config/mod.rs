@@ -160,6 +160,9 @@ pub struct Overflow {
     pub redirect: Vec<String>,
     pub queue: Duration,
     pub queue_depth: usize,
+    pub queue_channels: bool,
+    /// Dialed numbers ('+' stripped) that bypass CPS and channel limits (still counted).
+    pub emergency: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -498,6 +501,8 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             redirect: o.redirect.clone(),
             queue: Duration::from_millis(o.queue_ms),
             queue_depth: o.queue_depth,
+            queue_channels: o.queue_channels,
+            emergency: o.emergency.iter().map(|n| n.strip_prefix('+').unwrap_or(n).to_string()).collect(),
         },
         usage,
         cluster,

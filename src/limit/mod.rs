@@ -8,6 +8,7 @@
 pub mod customers;
 pub mod memory;
 pub mod plan;
+pub mod queue;
 pub mod window;
 
 use std::fmt;

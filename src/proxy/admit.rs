@@ -3,42 +3,89 @@
 //! gateways in order when one is full), or the call is refused with the configured answer.
 //! One structured `call.admission` event records each decision.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::timer::{LINGER, Timer};
-use super::transaction::Target;
-use super::{Action, Answer, Proxy};
+use super::transaction::{Target, TxId};
+use super::{Action, Proxy};
 use crate::limit::customers::CustomerId;
 use crate::limit::plan::CallPlan;
-use crate::limit::{Demand, Refusal, Rejection, Reservation, Scope};
+use crate::limit::queue::Waiting;
+use crate::limit::{Demand, LimitKey, Refusal, Rejection, Reservation, Scope};
 use crate::peer::Peer;
 use crate::sip::{HeaderName, Message};
 use crate::stats::Stats;
 
 /// What the admission decision is logged with.
-pub(super) struct CallContext<'m, 'a> {
-    pub msg: &'m Message<'a>,
+pub(super) struct CallContext<'a> {
+    pub call_id: &'a [u8],
     pub source: Peer,
     pub customer: Option<CustomerId>,
     pub user: Option<&'a [u8]>,
     pub number: &'a [u8],
 }
 
+/// A new call waiting in the spike buffer (RFC-wise: an INVITE server transaction that has
+/// sent 100 Trying and nothing else yet).
+#[derive(Debug)]
+pub(crate) struct PendingCall {
+    plan: CallPlan,
+    count_cps: bool,
+    customer: Option<CustomerId>,
+    user: Option<Bytes>,
+    number: Bytes,
+    from_tag: Bytes,
+    /// The limit that made it wait (and, at the deadline, the answer it gets).
+    rejection: Rejection,
+    since: Instant,
+}
+
+/// How often the waiting room is offered to the limiter while it is not empty.
+const QUEUE_TICK: Duration = Duration::from_millis(5);
+
 impl Proxy {
     /// Admits a new call under its plan. On success returns the targets (the admitted gateway
-    /// first, then the later ones for failover) and the reservation; on refusal answers the
-    /// caller and returns `None`.
+    /// first, then the later ones for failover) and the reservation. Otherwise the call waits
+    /// in the spike buffer (`queue_ms`) or is refused; either way `None`.
     pub(super) fn admit(
         &mut self,
         now: Instant,
-        plan: &CallPlan,
-        ctx: &CallContext<'_, '_>,
+        plan: CallPlan,
+        ctx: &CallContext<'_>,
+        msg: &Message<'_>,
         out: &mut Vec<Action>,
         key: Vec<u8>,
     ) -> Option<(Vec<Target>, Reservation)> {
-        let call_id = ctx.msg.call_id().unwrap_or_default();
-        let count_cps = !self.take_challenge(call_id, ctx.msg.tag(HeaderName::From).unwrap_or_default());
+        let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
+        let count_cps = !self.take_challenge(ctx.call_id, from_tag);
+        match self.try_admit(now, &plan, count_cps) {
+            Ok((i, reservation)) => {
+                self.on_admitted(now, &plan, ctx, i, count_cps, None);
+                Some((targets_from(&plan, i), reservation))
+            }
+            Err(rejection) => {
+                let rejection =
+                    match self.enqueue(now, plan.clone(), ctx, msg, key.clone(), count_cps, rejection, out) {
+                        Ok(()) => return None,
+                        Err(r) => r,
+                    };
+                self.refuse_over_limit(now, ctx, msg, &plan, &rejection, key, out);
+                None
+            }
+        }
+    }
+
+    /// Tries the plan's candidates in order: the first whose every limit has room is
+    /// reserved. A full carrier/gateway moves on; a full common scope ends the attempt.
+    fn try_admit(
+        &self,
+        now: Instant,
+        plan: &CallPlan,
+        count_cps: bool,
+    ) -> Result<(usize, Reservation), Rejection> {
         let mut demands: Vec<Demand> = Vec::with_capacity(plan.common.len() + 2);
         demands.extend(plan.common.iter().cloned());
         let common = demands.len();
@@ -47,101 +94,281 @@ impl Proxy {
             demands.truncate(common);
             demands.extend(candidate.demands.iter().cloned());
             match self.limiter.admit(now, &demands, count_cps) {
-                Ok(reservation) => {
-                    Stats::bump(&self.stats.calls_admitted);
-                    let customer =
-                        ctx.customer.and_then(|c| self.config.customers.get(c)).map(|c| c.name.as_str());
-                    let carrier = self.config.carriers.get(candidate.carrier).map_or("", |c| c.name.as_str());
-                    {
-                        let mut usage = self.usage.lock();
-                        match customer {
-                            Some(name) => {
-                                usage.record(now, &[("server", ""), ("customer", name), ("carrier", carrier)])
-                            }
-                            None => usage.record(now, &[("server", ""), ("carrier", carrier)]),
-                        }
-                    }
-                    self.log_decision(ctx, Some(i), plan, "admitted", None, count_cps);
-                    let mut targets = vec![Target::plain(candidate.peer)];
-                    targets.extend(
-                        plan.candidates[i + 1..]
-                            .iter()
-                            .map(|c| Target { peer: c.peer, egress: Some(Box::new(c.demands.clone())) }),
-                    );
-                    return Some((targets, reservation));
-                }
+                Ok(reservation) => return Ok((i, reservation)),
                 Err(r) if r.key.scope.is_egress() => refusal = Some(r),
-                Err(r) => {
-                    refusal = Some(r);
-                    break;
+                Err(r) => return Err(r),
+            }
+        }
+        Err(refusal.unwrap_or_else(|| Rejection { key: LimitKey::server(), kind: Refusal::Channels }))
+    }
+
+    /// Counts, records usage and logs an admission (`waited`: time spent in the buffer).
+    fn on_admitted(
+        &mut self,
+        now: Instant,
+        plan: &CallPlan,
+        ctx: &CallContext<'_>,
+        i: usize,
+        counted: bool,
+        waited: Option<Duration>,
+    ) {
+        Stats::bump(&self.stats.calls_admitted);
+        let customer = ctx.customer.and_then(|c| self.config.customers.get(c)).map(|c| c.name.as_str());
+        let carrier = plan
+            .candidates
+            .get(i)
+            .and_then(|c| self.config.carriers.get(c.carrier))
+            .map_or("", |c| c.name.as_str());
+        {
+            let mut usage = self.usage.lock();
+            match customer {
+                Some(name) => usage.record(now, &[("server", ""), ("customer", name), ("carrier", carrier)]),
+                None => usage.record(now, &[("server", ""), ("carrier", carrier)]),
+            }
+        }
+        if let Some(w) = waited {
+            Stats::bump(&self.stats.queue_admitted);
+            self.stats.queue_wait.observe(w);
+        }
+        self.log_decision(ctx, Some(i), plan, "admitted", None, counted, waited);
+    }
+
+    /// Puts a refused call in the spike buffer when that is allowed and can succeed: the
+    /// buffer is on (`queue_ms`), the limit is a CPS limit (or a channels limit with
+    /// `queue_channels`), the buffer has room, and the wait its position implies fits in
+    /// `queue_ms` (no pointless post-dial delay). Otherwise returns the rejection.
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &mut self,
+        now: Instant,
+        plan: CallPlan,
+        ctx: &CallContext<'_>,
+        msg: &Message<'_>,
+        key: Vec<u8>,
+        count_cps: bool,
+        rejection: Rejection,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Rejection> {
+        let config = self.config.clone();
+        let overflow = &config.overflow;
+        let queueable = match rejection.kind {
+            Refusal::Cps => true,
+            Refusal::Channels => overflow.queue_channels,
+        };
+        if overflow.queue.is_zero() || !queueable || self.queue.len() >= overflow.queue_depth {
+            return Err(rejection);
+        }
+        let customer = ctx.customer.and_then(|c| config.customers.get(c));
+        let (priority, lane) = customer.map_or((0, ""), |c| (c.priority, c.name.as_str()));
+        if rejection.kind == Refusal::Cps {
+            let cps = plan
+                .common
+                .iter()
+                .chain(plan.candidates.iter().flat_map(|c| c.demands.iter()))
+                .find(|d| d.key == rejection.key)
+                .and_then(|d| d.cps);
+            if let Some(cps) = cps.filter(|c| *c > 0) {
+                let ahead = self.queue.ahead_of(priority, lane) as f64 + 1.0;
+                if Duration::from_secs_f64(ahead / f64::from(cps)) > overflow.queue {
+                    return Err(rejection);
                 }
             }
         }
-        let rejection = refusal?;
-        self.refuse_over_limit(now, ctx, plan, &rejection, key, out);
-        None
+        let Some(id) = self.new_tx(now, ctx.source, msg, key, Vec::new(), true) else {
+            return Err(rejection);
+        };
+        let mut splice = crate::sip::edit::Splice::new(msg.buf);
+        if super::stamp::stamp(msg, ctx.source, &mut splice).is_some() {
+            let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
+            if let Some(tx) = self.txs.get_mut(&id) {
+                tx.last_response = Some(trying.clone());
+                let to = tx.reply_to;
+                self.send(out, to, trying, None, false);
+            }
+        }
+        let waiting = Waiting { id, since: now, deadline: now + overflow.queue };
+        self.log_decision(ctx, None, &plan, "queued", Some(&rejection), count_cps, None);
+        let pending = PendingCall {
+            plan,
+            count_cps,
+            customer: ctx.customer,
+            user: ctx.user.map(Bytes::copy_from_slice),
+            number: Bytes::copy_from_slice(ctx.number),
+            from_tag: Bytes::copy_from_slice(msg.tag(HeaderName::From).unwrap_or_default()),
+            rejection,
+            since: now,
+        };
+        if let Some(tx) = self.txs.get_mut(&id) {
+            tx.pending = Some(Box::new(pending));
+        }
+        self.queue.push(priority, lane, waiting);
+        Stats::bump(&self.stats.calls_queued);
+        self.queue_changed(now);
+        Ok(())
+    }
+
+    /// Keeps the depth gauge current and the serving timer scheduled while calls wait.
+    fn queue_changed(&mut self, now: Instant) {
+        self.stats.queue_depth.store(self.queue.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if !self.queue.is_empty() && self.queue_timer.is_none() {
+            self.queue_timer = Some(self.timers.at(now + QUEUE_TICK, Timer::ServeQueue));
+        }
+    }
+
+    /// Timer: refuse the calls whose wait is over, then admit what now fits, in service
+    /// order (priority lanes, customers in turn, arrival order).
+    pub(super) fn serve_queue(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.queue_timer = None;
+        for w in self.queue.expire(now) {
+            self.expire_waiting(now, w.id, out);
+        }
+        let mut queue = std::mem::take(&mut self.queue);
+        let mut admitted: Vec<(TxId, usize, Reservation)> = Vec::new();
+        queue.serve(|w, _| {
+            let Some(p) = self.txs.get(&w.id).and_then(|t| t.pending.as_ref()) else { return true };
+            match self.try_admit(now, &p.plan, p.count_cps) {
+                Ok((i, r)) => {
+                    admitted.push((w.id, i, r));
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        self.queue = queue;
+        for (id, i, reservation) in admitted {
+            self.start_waiting(now, id, i, reservation, out);
+        }
+        self.queue_changed(now);
+    }
+
+    /// A waiting call was admitted: it goes to its gateway like any other.
+    fn start_waiting(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        i: usize,
+        reservation: Reservation,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            self.limiter.release(now, &reservation);
+            return;
+        };
+        let Some(p) = tx.pending.take() else { return };
+        let mut targets = targets_from(&p.plan, i);
+        targets.reverse();
+        tx.remaining = targets;
+        let (request, source, call_id) = (tx.request.clone(), tx.source, tx.call_id.clone());
+        let ctx = CallContext {
+            call_id: &call_id,
+            source,
+            customer: p.customer,
+            user: p.user.as_deref(),
+            number: &p.number,
+        };
+        self.on_admitted(now, &p.plan, &ctx, i, p.count_cps, Some(now.saturating_duration_since(p.since)));
+        let Ok(msg) = crate::sip::parse(&request) else {
+            self.limiter.release(now, &reservation);
+            return;
+        };
+        self.next_branch(now, id, &msg, out);
+        let first = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map_or(source, |b| b.target);
+        self.open_call(now, &call_id, &p.from_tag, source, first, reservation);
+    }
+
+    /// A waiting call's deadline passed: it gets the answer of the limit that held it.
+    fn expire_waiting(&mut self, now: Instant, id: TxId, out: &mut Vec<Action>) {
+        let Some(p) = self.txs.get_mut(&id).and_then(|t| t.pending.take()) else { return };
+        Stats::bump(&self.stats.queue_expired);
+        let Some(tx) = self.txs.get(&id) else { return };
+        let (request, source, call_id, to_tag) =
+            (tx.request.clone(), tx.source, tx.call_id.clone(), tx.to_tag.clone());
+        let ctx = CallContext {
+            call_id: &call_id,
+            source,
+            customer: p.customer,
+            user: p.user.as_deref(),
+            number: &p.number,
+        };
+        let Ok(msg) = crate::sip::parse(&request) else { return };
+        let (status, reason, header, value) = self.refusal_answer(&p.rejection);
+        self.log_decision(
+            &ctx,
+            None,
+            &p.plan,
+            "expired",
+            Some(&p.rejection),
+            p.count_cps,
+            Some(now.saturating_duration_since(p.since)),
+        );
+        let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
+        let mut splice = crate::sip::edit::Splice::new(msg.buf);
+        if super::stamp::stamp(&msg, source, &mut splice).is_none() {
+            return;
+        }
+        let data = crate::sip::reply::response(&msg, &mut splice, status, &reason, Some(&to_tag), &extra);
+        self.finish_with(now, id, Bytes::from(data), out);
+    }
+
+    /// CANCEL of a waiting call: out of the buffer; it never reaches a carrier and holds
+    /// nothing. True if the call was waiting.
+    pub(super) fn cancel_waiting(&mut self, now: Instant, id: TxId) -> bool {
+        let waiting = self.txs.get_mut(&id).and_then(|t| t.pending.take()).is_some();
+        if waiting {
+            self.queue.remove(id);
+            self.queue_changed(now);
+        }
+        waiting
+    }
+
+    /// The answer for a refusal, counted: (status, reason, extra header name, its value).
+    fn refusal_answer(&self, rejection: &Rejection) -> (u16, String, Option<&'static str>, String) {
+        let overflow = &self.config.overflow;
+        self.stats.limit_hit(&rejection.key, rejection.kind);
+        if rejection.key.scope == Scope::Server && !overflow.redirect.is_empty() {
+            Stats::bump(&self.stats.calls_redirected);
+            return (302, "Moved Temporarily".into(), Some("Contact"), overflow.redirect.join(", "));
+        }
+        let reason = match rejection.kind {
+            Refusal::Cps => {
+                Stats::bump(&self.stats.calls_rejected_cps);
+                overflow.cps_reason.clone()
+            }
+            Refusal::Channels => {
+                Stats::bump(&self.stats.calls_rejected_channels);
+                overflow.channels_reason.clone()
+            }
+        };
+        let retry = (overflow.retry_after > 0).then_some("Retry-After");
+        (overflow.status, reason, retry, overflow.retry_after.to_string())
     }
 
     /// Answers a call no limit had room for: `503 CPS Limit reached` / `503 Channel Limit
     /// reached` (status, phrases and Retry-After from `[overflow]`), or `302` to the overflow
     /// servers when the server-wide limit is what is full. The answer goes through a
     /// transaction, so a retransmitted INVITE gets it again and its ACK is absorbed.
+    #[allow(clippy::too_many_arguments)]
     fn refuse_over_limit(
         &mut self,
         now: Instant,
-        ctx: &CallContext<'_, '_>,
+        ctx: &CallContext<'_>,
+        msg: &Message<'_>,
         plan: &CallPlan,
         rejection: &Rejection,
         key: Vec<u8>,
         out: &mut Vec<Action>,
     ) {
-        let config = self.config.clone();
-        let overflow = &config.overflow;
-        let redirect = rejection.key.scope == Scope::Server && !overflow.redirect.is_empty();
-        let (answer, header, value) = if redirect {
-            Stats::bump(&self.stats.calls_redirected);
-            (Answer::new(302, "Moved Temporarily"), "Contact", overflow.redirect.join(", "))
-        } else {
-            let reason = match rejection.kind {
-                Refusal::Cps => {
-                    Stats::bump(&self.stats.calls_rejected_cps);
-                    overflow.cps_reason.as_str()
-                }
-                Refusal::Channels => {
-                    Stats::bump(&self.stats.calls_rejected_channels);
-                    overflow.channels_reason.as_str()
-                }
-            };
-            (Answer::new(overflow.status, reason), "Retry-After", overflow.retry_after.to_string())
-        };
-        self.stats.limit_hit(&rejection.key, rejection.kind);
-        self.log_decision(
-            ctx,
-            None,
-            plan,
-            if redirect { "redirected" } else { "rejected" },
-            Some(rejection),
-            true,
-        );
-        let extra: &[(&str, &[u8])] = if header == "Retry-After" && overflow.retry_after == 0 {
-            &[]
-        } else {
-            &[(header, value.as_bytes())]
-        };
-        let Some(id) = self.new_tx(now, ctx.source, ctx.msg, key, Vec::new(), false) else { return };
+        let (status, reason, header, value) = self.refusal_answer(rejection);
+        let decision = if status == 302 { "redirected" } else { "rejected" };
+        self.log_decision(ctx, None, plan, decision, Some(rejection), true, None);
+        let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
+        let Some(id) = self.new_tx(now, ctx.source, msg, key, Vec::new(), false) else { return };
         let Some(tx) = self.txs.get(&id) else { return };
-        let mut splice = crate::sip::edit::Splice::new(ctx.msg.buf);
-        if super::stamp::stamp(ctx.msg, ctx.source, &mut splice).is_none() {
+        let mut splice = crate::sip::edit::Splice::new(msg.buf);
+        if super::stamp::stamp(msg, ctx.source, &mut splice).is_none() {
             return;
         }
-        let data = crate::sip::reply::response(
-            ctx.msg,
-            &mut splice,
-            answer.status,
-            answer.reason,
-            Some(&tx.to_tag),
-            extra,
-        );
+        let data = crate::sip::reply::response(msg, &mut splice, status, &reason, Some(&tx.to_tag), &extra);
         self.finish_with(now, id, Bytes::from(data), out);
     }
 
@@ -188,14 +415,16 @@ impl Proxy {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log_decision(
         &self,
-        ctx: &CallContext<'_, '_>,
+        ctx: &CallContext<'_>,
         chosen: Option<usize>,
         plan: &CallPlan,
         decision: &str,
         rejection: Option<&Rejection>,
         counted: bool,
+        waited: Option<Duration>,
     ) {
         let candidate = chosen.and_then(|i| plan.candidates.get(i));
         let customer =
@@ -217,7 +446,7 @@ impl Proxy {
             .unwrap_or_default();
         tracing::info!(
             event = "call.admission",
-            call_id = %String::from_utf8_lossy(ctx.msg.call_id().unwrap_or_default()),
+            call_id = %String::from_utf8_lossy(ctx.call_id),
             source = %ctx.source.addr.ip(),
             user = %String::from_utf8_lossy(ctx.user.unwrap_or_default()),
             customer,
@@ -231,7 +460,23 @@ impl Proxy {
             key = %rejection.map(|r| r.key.name.label()).unwrap_or_default(),
             kind = rejection.map_or("", |r| match r.kind { Refusal::Cps => "cps", Refusal::Channels => "channels" }),
             cps_counted = counted,
+            wait_ms = waited.map_or(0, |w| w.as_millis() as u64),
             "admission decision"
         );
     }
+}
+
+/// The admitted gateway first, then the later candidates (reserved only on failover).
+fn targets_from(plan: &CallPlan, i: usize) -> Vec<Target> {
+    let mut targets = Vec::with_capacity(plan.candidates.len() - i);
+    if let Some(c) = plan.candidates.get(i) {
+        targets.push(Target::plain(c.peer));
+    }
+    targets.extend(
+        plan.candidates
+            .iter()
+            .skip(i + 1)
+            .map(|c| Target { peer: c.peer, egress: Some(Box::new(c.demands.clone())) }),
+    );
+    targets
 }

@@ -79,6 +79,9 @@ pub struct Proxy {
     customers: CustomerIndex,
     /// New calls recently challenged (401/407), by Call-ID: From tag and expiry timer.
     challenged: HashMap<Bytes, (Bytes, timer::TimerKey)>,
+    /// The spike buffer: new calls waiting for a slot (`[overflow] queue_ms`).
+    queue: crate::limit::queue::SpikeQueue<TxId>,
+    queue_timer: Option<timer::TimerKey>,
     /// Per-minute peak CPS of admitted calls (server, customers, carriers), for billing.
     usage: Arc<parking_lot::Mutex<UsageTracker>>,
 }
@@ -99,6 +102,8 @@ impl Proxy {
             planner: Planner::new(&config),
             customers: CustomerIndex::new(&config),
             challenged: HashMap::new(),
+            queue: Default::default(),
+            queue_timer: None,
             usage: Arc::new(parking_lot::Mutex::new(UsageTracker::now_anchored(config.usage.window_days))),
             me: Identity::new(&config),
             config,

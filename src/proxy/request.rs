@@ -194,8 +194,18 @@ impl Proxy {
             return;
         }
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
-        let ctx = CallContext { msg, source, customer, user, number };
-        let Some((targets, reservation)) = self.admit(now, &plan, &ctx, out, key.clone()) else {
+        let mut plan = plan;
+        if self.config.overflow.emergency.iter().any(|n| n.as_bytes() == number) {
+            // Emergency numbers are never queued or refused by a limit; still counted.
+            for d in
+                plan.common.iter_mut().chain(plan.candidates.iter_mut().flat_map(|c| c.demands.iter_mut()))
+            {
+                d.cps = None;
+                d.channels = None;
+            }
+        }
+        let ctx = CallContext { call_id, source, customer, user, number };
+        let Some((targets, reservation)) = self.admit(now, plan, &ctx, msg, out, key.clone()) else {
             return;
         };
         let Some(id) = self.open_tx(now, source, msg, key, targets, true, out) else {
@@ -303,6 +313,7 @@ impl Proxy {
             to_tag: self.tag_for(msg),
             branch: None,
             remaining: targets,
+            pending: None,
             refreshes_session: !creates_dialog && (method_name == b"INVITE" || method_name == b"UPDATE"),
             cancelled: false,
             failure: Failure::None,
@@ -456,6 +467,11 @@ impl Proxy {
         tx.cancelled = true;
         tracing::debug!(event = "call.cancelled", call_id = %String::from_utf8_lossy(&tx.call_id), "CANCEL");
         let provisional = tx.branch.as_ref().is_some_and(|b| b.state == ClientState::Proceeding);
+        if self.cancel_waiting(now, id) {
+            // It was still in the spike buffer: 487 now; it never reached a carrier.
+            self.answer_ourselves(now, id, out);
+            return;
+        }
         if provisional {
             self.send_cancel(now, id, out);
         }

@@ -20,6 +20,7 @@ impl Proxy {
             Timer::ResendFinal(id) => self.resend_final(now, id, out),
             Timer::ResendCancel(id, n) => self.resend_cancel(now, id, n, out),
             Timer::Forget(id) => self.forget(id),
+            Timer::ServeQueue => self.serve_queue(now, out),
             Timer::ChallengeExpiry(call_id) => {
                 self.challenged.remove(&call_id[..]);
             }
@@ -101,7 +102,7 @@ impl Proxy {
 
     /// No gateway gave a final answer: the caller gets 487 (it cancelled), 408 (silence) or
     /// 503 (unreachable).
-    fn answer_ourselves(&mut self, now: Instant, id: TxId, out: &mut Vec<Action>) {
+    pub(super) fn answer_ourselves(&mut self, now: Instant, id: TxId, out: &mut Vec<Action>) {
         let Some(tx) = self.txs.get(&id) else { return };
         let (status, reason) = match (tx.cancelled, tx.failure) {
             (true, _) => (487, "Request Terminated"),

@@ -35,6 +35,8 @@ pub enum Timer {
     Forget(TxId),
     /// A dialog's lifetime (max_call_seconds, or the linger after BYE) ran out.
     DialogExpiry(Vec<u8>),
+    /// Offer the spike buffer's waiting calls to the limiter again.
+    ServeQueue,
     /// A remembered 401/407 challenge (Call-ID) is forgotten.
     ChallengeExpiry(Vec<u8>),
 }

@@ -109,6 +109,8 @@ pub struct Tx {
     pub branch: Option<Box<Branch>>,
     /// Gateways not tried yet, in reverse order (popped from the back).
     pub remaining: Vec<Target>,
+    /// A new call waiting in the spike buffer: everything needed to admit it later.
+    pub(crate) pending: Option<Box<super::admit::PendingCall>>,
     /// An in-dialog INVITE or UPDATE: its 2xx may refresh the session timer (RFC 4028).
     pub refreshes_session: bool,
     pub cancelled: bool,
