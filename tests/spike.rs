@@ -230,3 +230,70 @@ async fn an_emergency_number_goes_through_a_full_server() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn channels_can_wait_too_when_enabled() {
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    spawn_pbx(pbx, Pbx::Answer);
+    let running = start(&config_with(
+        &[uri],
+        "",
+        "[limits]\nchannels = 1\n[overflow]\nqueue_ms = 3000\nqueue_channels = true\n",
+    ))
+    .await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut caller = Endpoint::udp().await;
+    caller.send(proxy, invite(&caller, "w-1", "w-1", "100", proxy).as_bytes()).await;
+    caller.expect("SIP/2.0 200").await;
+    caller.send(proxy, invite(&caller, "w-2", "w-2", "100", proxy).as_bytes()).await;
+    caller.expect("SIP/2.0 100").await;
+    assert!(caller.recv_within(Duration::from_millis(300)).await.is_none(), "w-2 waits for a channel");
+    let bye = in_dialog("BYE", &caller, "sip:pbx@x", "w-1", "caller-w-1", "pbx-w-1", 2, &[], "bye-w-1");
+    caller.send(proxy, bye.as_bytes()).await;
+    loop {
+        let (m, _) = caller.expect("SIP/2.0 200").await;
+        if header(&m, "Call-ID") == Some("w-2") {
+            break; // admitted the moment the BYE freed the channel
+        }
+    }
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_answering_503_is_backed_off_for_its_retry_after() {
+    let mut overloaded = Endpoint::udp().await;
+    let healthy = Endpoint::udp().await;
+    let (first, second) = (overloaded.uri(), healthy.uri());
+    let seen = timed_pbx(healthy);
+    let running = start(&config_with(&[first, second], "", "")).await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut caller = Endpoint::udp().await;
+    caller.send(proxy, invite(&caller, "bo-1", "bo-1", "100", proxy).as_bytes()).await;
+    let (inv, from) = overloaded.expect("INVITE ").await;
+    overloaded
+        .send(
+            from,
+            respond(&inv, 503, "Service Unavailable", Some("o"), "Retry-After: 1\r\n", None).as_bytes(),
+        )
+        .await;
+    caller.expect("SIP/2.0 486").await; // failed over to the healthy gateway
+    // Within the Retry-After the overloaded gateway is not tried at all.
+    caller.send(proxy, invite(&caller, "bo-2", "bo-2", "100", proxy).as_bytes()).await;
+    loop {
+        let (m, _) = caller.expect("SIP/2.0 486").await;
+        if header(&m, "Call-ID") == Some("bo-2") {
+            break;
+        }
+    }
+    while let Some((m, _)) = overloaded.recv_within(Duration::from_millis(100)).await {
+        assert!(!m.starts_with("INVITE "), "a backed-off gateway got a new call: {m}");
+    }
+    // After it, the first gateway is used again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    caller.send(proxy, invite(&caller, "bo-3", "bo-3", "100", proxy).as_bytes()).await;
+    let (inv3, _) = overloaded.expect("INVITE ").await;
+    assert_eq!(header(&inv3, "Call-ID"), Some("bo-3"));
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    running.stop().await;
+}

@@ -91,6 +91,11 @@ impl Proxy {
         let common = demands.len();
         let mut refusal: Option<Rejection> = None;
         for (i, candidate) in plan.candidates.iter().enumerate() {
+            if self.backoff.get(&candidate.peer.addr).is_some_and(|until| *until > now) {
+                // Backed off after a 503: treated like a full gateway (capacity failover).
+                refusal = Some(Rejection { key: candidate.demands[1].key.clone(), kind: Refusal::Channels });
+                continue;
+            }
             demands.truncate(common);
             demands.extend(candidate.demands.iter().cloned());
             match self.limiter.admit(now, &demands, count_cps) {

@@ -82,6 +82,8 @@ pub struct Proxy {
     /// The spike buffer: new calls waiting for a slot (`[overflow] queue_ms`).
     queue: crate::limit::queue::SpikeQueue<TxId>,
     queue_timer: Option<timer::TimerKey>,
+    /// Gateways that answered 503, skipped until the instant given (their Retry-After).
+    backoff: HashMap<std::net::SocketAddr, Instant>,
     /// Per-minute peak CPS of admitted calls (server, customers, carriers), for billing.
     usage: Arc<parking_lot::Mutex<UsageTracker>>,
 }
@@ -104,6 +106,7 @@ impl Proxy {
             challenged: HashMap::new(),
             queue: Default::default(),
             queue_timer: None,
+            backoff: HashMap::new(),
             usage: Arc::new(parking_lot::Mutex::new(UsageTracker::now_anchored(config.usage.window_days))),
             me: Identity::new(&config),
             config,
@@ -208,6 +211,13 @@ impl Proxy {
     /// Sizes of the internal tables, for tests and /status: (transactions, dialogs, timers).
     pub fn table_sizes(&self) -> (usize, usize, usize) {
         (self.txs.len(), self.dialogs.len() + self.challenged.len(), self.timers.len())
+    }
+
+    /// Skips `gateway` for new calls and failovers until `now + for_how_long`. Entries are
+    /// few (one per configured gateway) and simply overwritten.
+    fn back_off(&mut self, now: Instant, gateway: std::net::SocketAddr, for_how_long: std::time::Duration) {
+        tracing::info!(event = "gateway.backoff", gateway = %gateway, seconds = for_how_long.as_secs(), "gateway answered 503; backing off");
+        self.backoff.insert(gateway, now + for_how_long);
     }
 
     fn next_seq(&mut self) -> u64 {

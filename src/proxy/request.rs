@@ -342,6 +342,9 @@ impl Proxy {
             return false;
         };
         let target = next.peer;
+        if self.backoff.get(&target.addr).is_some_and(|until| *until > now) {
+            return self.next_branch(now, id, msg, out);
+        }
         if let Some(egress) = next.egress {
             // A failover target: its carrier and gateway limits must have room too.
             let call_id = tx.call_id.clone();

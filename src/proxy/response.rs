@@ -174,6 +174,15 @@ impl Proxy {
         if done {
             return;
         }
+        if status == 503 {
+            // The gateway is overloaded: leave it alone for its Retry-After (or a default)
+            // and use the others meanwhile.
+            let gateway = self.txs.get(&id).filter(|t| t.creates_dialog).and_then(|t| t.branch.as_ref());
+            if let Some(gw) = gateway.map(|b| b.target.addr) {
+                let secs = retry_after(msg).unwrap_or(DEFAULT_BACKOFF_SECS).min(MAX_BACKOFF_SECS);
+                self.back_off(now, gw, std::time::Duration::from_secs(u64::from(secs)));
+            }
+        }
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
@@ -270,4 +279,16 @@ fn has_second_via(msg: &Message<'_>) -> bool {
     let mut vias = msg.all(HeaderName::Via);
     let Some(first) = vias.next() else { return false };
     vias.next().is_some() || crate::sip::params::split_list(msg.bytes(first.value)).len() > 1
+}
+
+/// Backoff for a gateway that answered 503 without Retry-After, and the longest honoured.
+const DEFAULT_BACKOFF_SECS: u32 = 5;
+const MAX_BACKOFF_SECS: u32 = 3600;
+
+/// Retry-After delta-seconds (RFC 3261 §20.33), ignoring comments and parameters.
+fn retry_after(msg: &Message<'_>) -> Option<u32> {
+    let h = msg.headers.iter().find(|h| msg.bytes(h.name_span).eq_ignore_ascii_case(b"Retry-After"))?;
+    let v = crate::sip::message::trim(msg.bytes(h.value));
+    let end = v.iter().position(|b| !b.is_ascii_digit()).unwrap_or(v.len());
+    crate::sip::message::parse_u32(&v[..end])
 }
