@@ -1,0 +1,124 @@
+//! The spike buffer in the sans-IO core with a synthetic clock: exact hand-over time,
+//! deadline-aware refusal, the depth limit, expiry with the normal answer, and no leak.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::config::Config;
+use sluice::limit::memory::MemoryStore;
+use sluice::peer::Peer;
+use sluice::proxy::{Action, Proxy};
+use sluice::stats::Stats;
+use tokio::time::Instant;
+
+struct Rig {
+    proxy: Proxy,
+    limits: Arc<MemoryStore>,
+    now: Instant,
+    /// Calls already seen at the PBX (Timer A retransmissions are not new calls).
+    at_pbx: std::collections::HashSet<String>,
+}
+
+const CALLER: &str = "192.0.2.10:5060";
+const PBX: &str = "127.0.0.1:5070";
+
+impl Rig {
+    fn new(extra: &str) -> Self {
+        let text = format!(
+            "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://{PBX}\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n{extra}"
+        );
+        let config = Arc::new(Config::parse("t", &text).unwrap());
+        let now = Instant::now();
+        let limits = Arc::new(MemoryStore::new(now));
+        Self {
+            proxy: Proxy::with_store(config, Arc::new(Stats::default()), 9, limits.clone()),
+            limits,
+            now,
+            at_pbx: Default::default(),
+        }
+    }
+
+    /// What a new INVITE `id` produced: (forwarded to the PBX, status codes sent back).
+    fn invite(&mut self, id: &str) -> (bool, Vec<u16>) {
+        let msg = format!(
+            "INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{id}\r\nFrom: <sip:a@x>;tag={id}\r\nTo: <sip:100@x>\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        self.proxy.on_message(self.now, Peer::udp(CALLER.parse().unwrap()), msg.as_bytes(), &mut out);
+        let (forwarded, statuses) = self.split(out);
+        (forwarded > 0, statuses)
+    }
+
+    /// (new calls forwarded to the PBX, statuses sent back to the caller).
+    fn split(&mut self, out: Vec<Action>) -> (usize, Vec<u16>) {
+        let pbx: std::net::SocketAddr = PBX.parse().unwrap();
+        let mut forwarded = 0;
+        let mut statuses = Vec::new();
+        for Action::Send { to, data, .. } in out {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if to.addr == pbx {
+                let id =
+                    text.lines().find_map(|l| l.strip_prefix("Call-ID: ")).unwrap_or_default().to_string();
+                if text.starts_with("INVITE ") && self.at_pbx.insert(id) {
+                    forwarded += 1;
+                }
+            } else if let Some(code) = text.get(8..11).and_then(|c| c.parse().ok()) {
+                statuses.push(code);
+            }
+        }
+        (forwarded, statuses)
+    }
+
+    /// Moves the clock to `t0 + ms` in 1 ms steps, firing timers; collects what was sent.
+    fn advance_to(&mut self, t0: Instant, ms: u64) -> (usize, Vec<u16>) {
+        let mut forwarded = 0;
+        let mut statuses = Vec::new();
+        while self.now < t0 + Duration::from_millis(ms) {
+            self.now += Duration::from_millis(1);
+            let mut out = Vec::new();
+            self.proxy.on_timer(self.now, &mut out);
+            let (f, s) = self.split(out);
+            forwarded += f;
+            statuses.extend(s);
+        }
+        (forwarded, statuses)
+    }
+}
+
+#[test]
+fn waiting_call_goes_exactly_when_the_window_frees() {
+    let mut r = Rig::new("[limits]\ncps = 1\n[overflow]\nqueue_ms = 1500\n");
+    let t0 = r.now;
+    assert_eq!(r.invite("a"), (true, vec![100]));
+    assert_eq!(r.invite("b"), (false, vec![100]), "b waits with its 100 Trying");
+    // c would need two slots ahead of it at 1 CPS: 2 s > 1.5 s, refused at once.
+    assert_eq!(r.invite("c"), (false, vec![503]));
+    let (forwarded, _) = r.advance_to(t0, 999);
+    assert_eq!(forwarded, 0, "not before the second is over");
+    let (forwarded, statuses) = r.advance_to(t0, 1010);
+    assert_eq!(forwarded, 1, "b goes as soon as a's admission leaves the window");
+    assert!(statuses.is_empty());
+}
+
+#[test]
+fn depth_limit_refuses_at_once() {
+    let mut r = Rig::new("[limits]\ncps = 1\n[overflow]\nqueue_ms = 5000\nqueue_depth = 1\n");
+    assert_eq!(r.invite("a"), (true, vec![100]));
+    assert_eq!(r.invite("b"), (false, vec![100]));
+    assert_eq!(r.invite("c"), (false, vec![503]), "the buffer holds one call");
+}
+
+#[test]
+fn a_wait_that_runs_out_gets_the_normal_answer_and_leaks_nothing() {
+    let mut r = Rig::new("[limits]\nchannels = 1\n[overflow]\nqueue_ms = 500\nqueue_channels = true\n");
+    let t0 = r.now;
+    assert_eq!(r.invite("a"), (true, vec![100]));
+    assert_eq!(r.invite("b"), (false, vec![100]));
+    let (forwarded, statuses) = r.advance_to(t0, 499);
+    assert_eq!((forwarded, statuses.len()), (0, 0));
+    let (forwarded, statuses) = r.advance_to(t0, 510);
+    assert_eq!(forwarded, 0);
+    assert_eq!(statuses, vec![503], "Channel Limit reached at the deadline");
+    // Only a's channel (server, ip, route, carrier, gateway) is held.
+    assert_eq!(r.limits.total_channels(), 5);
+}
