@@ -102,23 +102,8 @@ async fn metrics_follow_real_calls() {
     assert!(m.docs.contains_key("sluice_calls_total"), "HELP text present");
 
     // Every call hangs up: active calls go back to 0 everywhere.
-    for (ep, answers) in [(&mut acme, &acme_answers), (&mut other, &other_answers)] {
-        for (_, ok) in answers.iter().filter(|(s, _)| *s == 200) {
-            let id = header(ok, "Call-ID").unwrap().to_string();
-            let bye = in_dialog(
-                "BYE",
-                ep,
-                "sip:pbx@x",
-                &id,
-                &format!("caller-{id}"),
-                &format!("pbx-{id}"),
-                2,
-                &[],
-                &format!("b{id}"),
-            );
-            ep.send(proxy, bye.as_bytes()).await;
-        }
-    }
+    hang_up_answered(&mut acme, proxy, &acme_answers).await;
+    hang_up_answered(&mut other, proxy, &other_answers).await;
     tokio::time::sleep(SETTLE).await;
     let m = scrape(admin).await;
     for (scope, name) in [("server", ""), ("customer", "acme"), ("carrier", "pbx")] {
@@ -280,21 +265,7 @@ async fn reload_lowers_a_limit_under_active_calls() {
     assert_eq!(code, 200, "{body}");
 
     // The old calls end cleanly and every counter reaches 0.
-    for (_, ok) in answered.iter().filter(|(s, _)| *s == 200) {
-        let id = header(ok, "Call-ID").unwrap().to_string();
-        let bye = in_dialog(
-            "BYE",
-            &acme,
-            "sip:pbx@x",
-            &id,
-            &format!("caller-{id}"),
-            &format!("pbx-{id}"),
-            2,
-            &[],
-            &format!("b{id}"),
-        );
-        acme.send(proxy, bye.as_bytes()).await;
-    }
+    hang_up_answered(&mut acme, proxy, &answered).await;
     tokio::time::sleep(SETTLE).await;
     assert_eq!(running.shared.limits.total_channels(), 0);
     let (_, body) = http(admin, "GET", "/status").await;

@@ -43,6 +43,18 @@ pub(crate) struct PendingCall {
     since: Instant,
 }
 
+impl PendingCall {
+    fn context<'a>(&'a self, call_id: &'a [u8], source: Peer) -> CallContext<'a> {
+        CallContext {
+            call_id,
+            source,
+            customer: self.customer,
+            user: self.user.as_deref(),
+            number: &self.number,
+        }
+    }
+}
+
 /// How often the waiting room is offered to the limiter while it is not empty.
 const QUEUE_TICK: Duration = Duration::from_millis(5);
 
@@ -264,13 +276,7 @@ impl Proxy {
         targets.reverse();
         tx.remaining = targets;
         let (request, source, call_id) = (tx.request.clone(), tx.source, tx.call_id.clone());
-        let ctx = CallContext {
-            call_id: &call_id,
-            source,
-            customer: p.customer,
-            user: p.user.as_deref(),
-            number: &p.number,
-        };
+        let ctx = p.context(&call_id, source);
         self.on_admitted(now, &p.plan, &ctx, i, p.count_cps, Some(now.saturating_duration_since(p.since)));
         let Ok(msg) = crate::sip::parse(&request) else {
             self.limiter.release(now, &reservation);
@@ -286,33 +292,13 @@ impl Proxy {
         let Some(p) = self.txs.get_mut(&id).and_then(|t| t.pending.take()) else { return };
         Stats::bump(&self.stats.queue_expired);
         let Some(tx) = self.txs.get(&id) else { return };
-        let (request, source, call_id, to_tag) =
-            (tx.request.clone(), tx.source, tx.call_id.clone(), tx.to_tag.clone());
-        let ctx = CallContext {
-            call_id: &call_id,
-            source,
-            customer: p.customer,
-            user: p.user.as_deref(),
-            number: &p.number,
-        };
-        let Ok(msg) = crate::sip::parse(&request) else { return };
+        let (source, call_id) = (tx.source, tx.call_id.clone());
+        let ctx = p.context(&call_id, source);
         let (status, reason, header, value) = self.refusal_answer(&p.rejection);
-        self.log_decision(
-            &ctx,
-            None,
-            &p.plan,
-            "expired",
-            Some(&p.rejection),
-            p.count_cps,
-            Some(now.saturating_duration_since(p.since)),
-        );
+        let waited = now.saturating_duration_since(p.since);
+        self.log_decision(&ctx, None, &p.plan, "expired", Some(&p.rejection), p.count_cps, Some(waited));
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
-        let mut splice = crate::sip::edit::Splice::new(msg.buf);
-        if super::stamp::stamp(&msg, source, &mut splice).is_none() {
-            return;
-        }
-        let data = crate::sip::reply::response(&msg, &mut splice, status, &reason, Some(&to_tag), &extra);
-        self.finish_with(now, id, Bytes::from(data), out);
+        self.final_answer(now, id, status, &reason, &extra, out);
     }
 
     /// CANCEL of a waiting call: out of the buffer; it never reaches a carrier and holds
@@ -368,13 +354,7 @@ impl Proxy {
         self.log_decision(ctx, None, plan, decision, Some(rejection), true, None);
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         let Some(id) = self.new_tx(now, ctx.source, msg, key, Vec::new(), false) else { return };
-        let Some(tx) = self.txs.get(&id) else { return };
-        let mut splice = crate::sip::edit::Splice::new(msg.buf);
-        if super::stamp::stamp(msg, ctx.source, &mut splice).is_none() {
-            return;
-        }
-        let data = crate::sip::reply::response(msg, &mut splice, status, &reason, Some(&tx.to_tag), &extra);
-        self.finish_with(now, id, Bytes::from(data), out);
+        self.final_answer(now, id, status, &reason, &extra, out);
     }
 
     /// On failover to another gateway: give back the current carrier/gateway channels and

@@ -112,22 +112,30 @@ impl Proxy {
         if tx.creates_dialog && status == 408 {
             Stats::bump(&self.stats.calls_timeout);
         }
-        let Ok(original) = crate::sip::parse(&tx.request) else {
-            return;
+        self.final_answer(now, id, status, reason, &[], out);
+    }
+
+    /// Ends a transaction with a final answer of the proxy's own, built from the stored
+    /// request (408, 487, 503, the limits' 503/302): the one way such answers are made.
+    pub(super) fn final_answer(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        status: u16,
+        reason: &str,
+        extra: &[(&str, &[u8])],
+        out: &mut Vec<Action>,
+    ) {
+        let data = {
+            let Some(tx) = self.txs.get(&id) else { return };
+            let Ok(original) = crate::sip::parse(&tx.request) else { return };
+            let mut splice = crate::sip::edit::Splice::new(original.buf);
+            if super::stamp::stamp(&original, tx.source, &mut splice).is_none() {
+                return;
+            }
+            crate::sip::reply::response(&original, &mut splice, status, reason, Some(&tx.to_tag), extra)
         };
-        let mut splice = crate::sip::edit::Splice::new(original.buf);
-        if super::stamp::stamp(&original, tx.source, &mut splice).is_none() {
-            return;
-        }
-        let data = Bytes::from(crate::sip::reply::response(
-            &original,
-            &mut splice,
-            status,
-            reason,
-            Some(&tx.to_tag),
-            &[],
-        ));
-        self.finish_with(now, id, data, out);
+        self.finish_with(now, id, Bytes::from(data), out);
     }
 
     /// Timer C: ringing without an answer for too long; cancel the branch (its 487 comes back

@@ -442,3 +442,25 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
 }
+
+/// Sends BYE for every answered (200) INVITE among `answers`, as the caller, through the
+/// proxy (tags as the scripted PBX sets them).
+pub async fn hang_up_answered(ep: &mut Endpoint, proxy: SocketAddr, answers: &[(u16, String)]) {
+    for (_, ok) in
+        answers.iter().filter(|(s, m)| *s == 200 && header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE")))
+    {
+        let id = header(ok, "Call-ID").unwrap_or_default().to_string();
+        let bye = in_dialog(
+            "BYE",
+            ep,
+            "sip:pbx@x",
+            &id,
+            &format!("caller-{id}"),
+            &format!("pbx-{id}"),
+            2,
+            &[],
+            &format!("b{id}"),
+        );
+        ep.send(proxy, bye.as_bytes()).await;
+    }
+}
