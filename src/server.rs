@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::config::{Config, Listener};
+use crate::limit::Store;
 use crate::limit::memory::MemoryStore;
+use crate::limit::redis::{RedisSettings, RedisStore};
 use crate::peer::Transport;
 use crate::proxy::Proxy;
 use crate::stats::Stats;
@@ -42,6 +44,7 @@ pub struct Running {
     pub usage: Arc<Mutex<UsageTracker>>,
     /// The admin listener's bound address, if one is configured.
     pub admin: Option<SocketAddr>,
+    cluster: Option<Arc<RedisStore>>,
     tasks: JoinSet<()>,
 }
 
@@ -101,9 +104,26 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let limits = Arc::new(MemoryStore::new(tokio::time::Instant::now()));
+        let cluster = self.config.cluster.as_ref().and_then(|c| {
+            match RedisStore::new(RedisSettings::from_config(c), limits.clone()) {
+                Ok(store) => {
+                    store.spawn_maintenance();
+                    Some(store)
+                }
+                Err(e) => {
+                    tracing::error!(event = "cluster.invalid", error = %e, "cluster store unusable; limits are local");
+                    None
+                }
+            }
+        });
+        let store: Arc<dyn Store> = match &cluster {
+            Some(c) => c.clone(),
+            None => limits.clone(),
+        };
         let shared = Arc::new(Shared {
-            core: Mutex::new(Proxy::with_store(self.config.clone(), stats.clone(), seed, limits.clone())),
+            core: Mutex::new(Proxy::with_store(self.config.clone(), stats.clone(), seed, store.clone())),
             limits,
+            store,
             stats,
             udp: self.udp.clone(),
             tcp: transport::tcp::Registry::default(),
@@ -133,7 +153,7 @@ impl Server {
                 tracing::info!(event = "server.listening", transport = "http", addr = %addr, "admin listening");
             }
         }
-        Running { config: self.config, shared, usage, admin: admin_addr, tasks }
+        Running { config: self.config, shared, usage, admin: admin_addr, cluster, tasks }
     }
 }
 
@@ -223,11 +243,23 @@ impl Running {
         tracing::info!(event = "server.stopped", calls_left = left, "stopped");
         self.shared.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(c) = &self.cluster {
+            c.stop();
+        }
     }
 
     /// Immediate stop (tests).
     pub async fn stop(mut self) {
         self.shared.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(c) = &self.cluster {
+            c.stop();
+        }
+    }
+
+    /// Stops like a crash: tasks end, nothing is released, the cluster heartbeat stops
+    /// (tests of node failure).
+    pub async fn kill(self) {
+        self.stop().await;
     }
 }

@@ -122,7 +122,7 @@ fn build(admin: &Admin) -> Option<String> {
         "1 while the cluster store answers, else 0 (in-memory store: always 1).",
     )
     .ok()?;
-    cluster_up.set(1);
+    cluster_up.set(i64::from(admin.shared.store.healthy()));
     registry.register(Box::new(cluster_up)).ok()?;
 
     let mut out = Vec::new();

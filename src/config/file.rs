@@ -202,6 +202,12 @@ pub(crate) struct Cluster {
     pub(crate) on_failure: OnFailure,
     #[serde(default = "default_nodes")]
     pub(crate) nodes: u32,
+    /// Added: timeout of every Redis call (a SIP request is never held longer).
+    #[serde(default = "default_redis_timeout_ms")]
+    pub(crate) timeout_ms: u64,
+    /// Added: heartbeat period; a node missing three is dead and its channels are freed.
+    #[serde(default = "default_heartbeat_ms")]
+    pub(crate) heartbeat_ms: u64,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +257,12 @@ fn default_emergency() -> Vec<String> {
 }
 fn default_window_days() -> u32 {
     30
+}
+fn default_redis_timeout_ms() -> u64 {
+    50
+}
+fn default_heartbeat_ms() -> u64 {
+    10_000
 }
 fn default_nodes() -> u32 {
     1

@@ -177,6 +177,8 @@ pub struct Cluster {
     pub node: String,
     pub on_failure: OnFailure,
     pub nodes: u32,
+    pub timeout: Duration,
+    pub heartbeat: Duration,
 }
 
 /// A validated configuration. Built only by [`Config::parse`]/[`Config::load`], so every
@@ -469,7 +471,20 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         if node.is_empty() {
             e.push(&[Key("cluster"), Key("node")], "must not be empty");
         }
-        Cluster { redis: c.redis.clone(), node, on_failure: c.on_failure, nodes: c.nodes }
+        if !(1..=5000).contains(&c.timeout_ms) {
+            e.push(&[Key("cluster"), Key("timeout_ms")], "must be between 1 and 5000");
+        }
+        if c.heartbeat_ms < 50 {
+            e.push(&[Key("cluster"), Key("heartbeat_ms")], "must be at least 50");
+        }
+        Cluster {
+            redis: c.redis.clone(),
+            node,
+            on_failure: c.on_failure,
+            nodes: c.nodes,
+            timeout: Duration::from_millis(c.timeout_ms),
+            heartbeat: Duration::from_millis(c.heartbeat_ms),
+        }
     });
 
     Config {

@@ -120,7 +120,7 @@ impl Store for MemoryStore {
             guards[slot].commit(at, demands[i].cps, count_cps);
         }
         drop(guards);
-        Ok(Reservation { keys: order.iter().map(|i| demands[*i].key.clone()).collect() })
+        Ok(Reservation { keys: order.iter().map(|i| demands[*i].key.clone()).collect(), token: None })
     }
 
     fn release(&self, now: Instant, reservation: &Reservation) {

@@ -9,6 +9,7 @@ pub mod customers;
 pub mod memory;
 pub mod plan;
 pub mod queue;
+pub mod redis;
 pub mod window;
 
 use std::fmt;
@@ -116,7 +117,11 @@ pub struct Demand {
 /// Channels held by an admitted call, returned to the store exactly once when it ends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reservation {
+    /// The keys counted in this node's memory (all of them for the in-memory store; this
+    /// node's mirror of a shared reservation in cluster mode).
     pub keys: Vec<LimitKey>,
+    /// The shared store's handle for the reservation (cluster mode), released idempotently.
+    pub token: Option<String>,
 }
 
 /// The limit that turned a call away.
@@ -135,4 +140,15 @@ pub trait Store: Send + Sync {
 
     /// Returns the channels of a reservation.
     fn release(&self, now: Instant, reservation: &Reservation);
+
+    /// False while a shared store cannot be reached (limits then follow `on_failure`).
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Whether part of a reservation (the carrier/gateway keys) can be moved on failover.
+    /// A shared store keeps the original egress accounting for the call instead.
+    fn moves_egress(&self) -> bool {
+        true
+    }
 }

@@ -360,6 +360,9 @@ impl Proxy {
     /// On failover to another gateway: give back the current carrier/gateway channels and
     /// reserve the new ones. False when the new gateway (or its carrier) has no room.
     pub(super) fn move_egress(&mut self, now: Instant, call_id: &[u8], egress: &[Demand; 2]) -> bool {
+        if !self.limiter.moves_egress() {
+            return true;
+        }
         let Some(dialog) = self.dialogs.get_mut(call_id) else { return true };
         let Some(held) = dialog.reservation.as_mut() else { return true };
         match self.limiter.admit(now, egress, true) {
@@ -367,7 +370,7 @@ impl Proxy {
                 let (old, keep): (Vec<_>, Vec<_>) = held.keys.drain(..).partition(|k| k.scope.is_egress());
                 held.keys = keep;
                 held.keys.extend(new.keys);
-                self.limiter.release(now, &Reservation { keys: old });
+                self.limiter.release(now, &Reservation { keys: old, token: None });
                 true
             }
             Err(r) => {

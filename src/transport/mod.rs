@@ -31,6 +31,8 @@ pub struct Shared {
     pub core: Mutex<Proxy>,
     /// The limit counters (also inside the core as its store), read without the core lock.
     pub limits: Arc<MemoryStore>,
+    /// The store the core admits through (the same memory store, or the cluster store).
+    pub store: Arc<dyn crate::limit::Store>,
     pub stats: Arc<Stats>,
     pub udp: Vec<Arc<UdpSocket>>,
     pub tcp: tcp::Registry,

@@ -1,0 +1,420 @@
+//! The cluster store: limits shared by every sluice node through one Redis (or Valkey).
+//!
+//! One admission is one round trip: a Lua script (EVALSHA) reads Redis's own clock, checks
+//! every demand's sliding window (a sorted set of admission times over the last second) and
+//! channel counter, and reserves all or nothing. Each reservation is recorded under its id
+//! and in its node's set, so a release is idempotent (the record is deleted once) and a dead
+//! node's calls are released by the survivors once its heartbeat key expires.
+//!
+//! Every Redis call has a short timeout. When Redis cannot be reached the store follows
+//! `[cluster] on_failure` — `local`: this node enforces each limit divided by `nodes` on its
+//! own calls; `reject`: every new call is refused; `allow`: no limits — logs once per episode,
+//! reports unhealthy (`sluice_cluster_up` 0), and a background thread reconnects. Calls
+//! admitted meanwhile are counted on this node only and released there; releases that could
+//! not reach Redis are retried after it returns, so nothing leaks.
+//!
+//! Accuracy and Redis Cluster: the script touches keys of several scopes plus the
+//! reservation records, so it needs one Redis (or all keys in one hash slot, which would put
+//! the whole cluster's limiting on one shard). This store targets a single Redis / Valkey
+//! (with a replica for failover); against Redis Cluster it would need per-scope scripts with
+//! compensation, which is not implemented. Windows use Redis's clock in microseconds, so node
+//! clock skew does not matter.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::memory::MemoryStore;
+use super::{Demand, LimitKey, Refusal, Rejection, Reservation, Scope, Store};
+use crate::config::{Cluster, OnFailure};
+
+const PREFIX: &str = "sluice:";
+
+const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[3])
+local count = ARGV[1] == '1'
+for i = 1, n do
+  local cps = tonumber(ARGV[3 + 2 * i - 1])
+  local ch = tonumber(ARGV[3 + 2 * i])
+  if ch >= 0 then
+    local used = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+    if used >= ch then return {i, 2} end
+  end
+  if count and cps >= 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2 * i - 1], '-inf', now - 1000000)
+    if redis.call('ZCARD', KEYS[2 * i - 1]) >= cps then return {i, 1} end
+  end
+end
+local record = {}
+for i = 1, n do
+  redis.call('INCR', KEYS[2 * i])
+  record[i] = KEYS[2 * i]
+  if count and tonumber(ARGV[3 + 2 * i - 1]) >= 0 then
+    redis.call('ZADD', KEYS[2 * i - 1], now, ARGV[2] .. ':' .. i)
+    redis.call('PEXPIRE', KEYS[2 * i - 1], 2000)
+  end
+end
+redis.call('SET', KEYS[2 * n + 1], table.concat(record, '\n'))
+redis.call('SADD', KEYS[2 * n + 2], ARGV[2])
+return {0, 0}
+"#;
+
+const RELEASE: &str = r#"
+local rec = redis.call('GET', KEYS[1])
+if not rec then return 0 end
+for k in string.gmatch(rec, '[^\n]+') do
+  if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// Releases every reservation of a node whose heartbeat key is gone (or, with ARGV[2] = 1,
+/// unconditionally: a node cleaning up after its own restart).
+const SWEEP: &str = r#"
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local ids = redis.call('SMEMBERS', KEYS[1])
+for _, id in ipairs(ids) do
+  local rk = ARGV[1] .. id
+  local rec = redis.call('GET', rk)
+  if rec then
+    for k in string.gmatch(rec, '[^\n]+') do
+      if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
+    end
+    redis.call('DEL', rk)
+  end
+end
+redis.call('DEL', KEYS[1])
+return #ids
+"#;
+
+fn window_key(key: &LimitKey) -> String {
+    format!("{PREFIX}w:{key}")
+}
+fn channels_key(key: &LimitKey) -> String {
+    format!("{PREFIX}c:{key}")
+}
+fn reservation_key(id: &str) -> String {
+    format!("{PREFIX}r:{id}")
+}
+fn node_calls_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:calls")
+}
+fn node_alive_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:alive")
+}
+const NODES_KEY: &str = "sluice:nodes";
+
+/// Settings of the shared store.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub node: String,
+    pub on_failure: OnFailure,
+    pub nodes: u32,
+    /// Timeout of every Redis call.
+    pub timeout: Duration,
+    /// Heartbeat period; a node is dead after three missed beats.
+    pub heartbeat: Duration,
+}
+
+impl RedisSettings {
+    pub fn from_config(c: &Cluster) -> Self {
+        Self {
+            url: c.redis.clone(),
+            node: c.node.clone(),
+            on_failure: c.on_failure,
+            nodes: c.nodes,
+            timeout: c.timeout,
+            heartbeat: c.heartbeat,
+        }
+    }
+}
+
+/// The shared store. `local` is this node's own view (its calls only): it serves /status and
+/// metrics, and enforces the divided limits while Redis is unreachable.
+pub struct RedisStore {
+    settings: RedisSettings,
+    client: redis::Client,
+    conn: Mutex<Option<redis::Connection>>,
+    local: Arc<MemoryStore>,
+    up: AtomicBool,
+    seq: AtomicU64,
+    admit: redis::Script,
+    release: redis::Script,
+    sweep: redis::Script,
+    /// Releases that could not reach Redis, retried when it answers again.
+    pending_releases: Mutex<VecDeque<String>>,
+    stop: AtomicBool,
+}
+
+/// Why the cluster store could not be set up (bad URL); unreachable Redis is not an error.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid [cluster] redis URL: {0}")]
+pub struct RedisSetupError(String);
+
+impl RedisStore {
+    pub fn new(settings: RedisSettings, local: Arc<MemoryStore>) -> Result<Arc<Self>, RedisSetupError> {
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|e| RedisSetupError(e.to_string()))?;
+        let store = Arc::new(Self {
+            settings,
+            client,
+            conn: Mutex::new(None),
+            local,
+            up: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+            admit: redis::Script::new(ADMIT),
+            release: redis::Script::new(RELEASE),
+            sweep: redis::Script::new(SWEEP),
+            pending_releases: Mutex::new(VecDeque::new()),
+            stop: AtomicBool::new(false),
+        });
+        store.reconnect(true);
+        Ok(store)
+    }
+
+    /// Starts the heartbeat / sweeper / reconnect thread; it ends when [`RedisStore::stop`]
+    /// is called.
+    pub fn spawn_maintenance(self: &Arc<Self>) {
+        let store = self.clone();
+        std::thread::Builder::new()
+            .name("sluice-cluster".into())
+            .spawn(move || {
+                while !store.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(store.settings.heartbeat.min(Duration::from_secs(1)));
+                    store.maintain();
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(
+                |e| tracing::error!(event = "cluster.thread_failed", error = %e, "no cluster maintenance"),
+            );
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Connects and announces this node. `fresh`: at start, release what a previous run of
+    /// this node left (it has no calls after a restart).
+    fn reconnect(&self, fresh: bool) -> bool {
+        let conn = self.client.get_connection_with_timeout(self.settings.timeout).and_then(|c| {
+            c.set_read_timeout(Some(self.settings.timeout))?;
+            c.set_write_timeout(Some(self.settings.timeout))?;
+            Ok(c)
+        });
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                self.mark_down(&e.to_string());
+                return false;
+            }
+        };
+        let node = &self.settings.node;
+        let result: redis::RedisResult<()> = (|| {
+            if fresh {
+                let _: i64 = self
+                    .sweep
+                    .key(node_calls_key(node))
+                    .key(node_alive_key(node))
+                    .arg(format!("{PREFIX}r:"))
+                    .arg("1")
+                    .invoke(&mut conn)?;
+            }
+            self.beat(&mut conn)
+        })();
+        if let Err(e) = result {
+            self.mark_down(&e.to_string());
+            return false;
+        }
+        *self.conn.lock() = Some(conn);
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(event = "cluster.up", redis = %self.settings.url, node = %node, "cluster store reachable");
+        }
+        true
+    }
+
+    fn beat(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+        let ttl = self.settings.heartbeat.as_millis() as u64 * 3;
+        redis::pipe()
+            .cmd("SET")
+            .arg(node_alive_key(&self.settings.node))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.max(1))
+            .ignore()
+            .cmd("SADD")
+            .arg(NODES_KEY)
+            .arg(&self.settings.node)
+            .ignore()
+            .query(conn)
+    }
+
+    fn mark_down(&self, why: &str) {
+        *self.conn.lock() = None;
+        if self.up.swap(false, Ordering::Relaxed) || self.seq.load(Ordering::Relaxed) == 0 {
+            tracing::warn!(event = "cluster.down", redis = %self.settings.url, error = why, mode = ?self.settings.on_failure, "cluster store unreachable; limits follow on_failure");
+        }
+    }
+
+    /// One maintenance round: heartbeat, sweep dead nodes, retry releases; or reconnect.
+    fn maintain(&self) {
+        if !self.up.load(Ordering::Relaxed) && !self.reconnect(false) {
+            return;
+        }
+        let mut guard = self.conn.lock();
+        let Some(conn) = guard.as_mut() else { return };
+        let result: redis::RedisResult<()> = (|| {
+            self.beat(conn)?;
+            let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODES_KEY).query(conn)?;
+            for node in nodes.iter().filter(|n| **n != self.settings.node) {
+                let freed: i64 = self
+                    .sweep
+                    .key(node_calls_key(node))
+                    .key(node_alive_key(node))
+                    .arg(format!("{PREFIX}r:"))
+                    .arg("0")
+                    .invoke(conn)?;
+                if freed >= 0 {
+                    let _: i64 = redis::cmd("SREM").arg(NODES_KEY).arg(node).query(conn)?;
+                    tracing::warn!(event = "cluster.node_dead", node = %node, calls_released = freed, "a node stopped beating; its channels were released");
+                }
+            }
+            loop {
+                let Some(id) = self.pending_releases.lock().pop_front() else { break };
+                if let Err(e) = self.release_shared(conn, &id) {
+                    self.pending_releases.lock().push_front(id);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            drop(guard);
+            self.mark_down(&e.to_string());
+        }
+    }
+
+    fn release_shared(&self, conn: &mut redis::Connection, id: &str) -> redis::RedisResult<()> {
+        let _: i64 = self
+            .release
+            .key(reservation_key(id))
+            .key(node_calls_key(&self.settings.node))
+            .arg(id)
+            .invoke(conn)?;
+        Ok(())
+    }
+
+    /// The shared admission; `None` when Redis did not answer.
+    fn admit_shared(&self, demands: &[Demand], count_cps: bool, id: &str) -> Option<Result<(), Rejection>> {
+        let mut guard = self.conn.lock();
+        let conn = guard.as_mut()?;
+        let mut call = self.admit.prepare_invoke();
+        for d in demands {
+            call.key(window_key(&d.key)).key(channels_key(&d.key));
+        }
+        call.key(reservation_key(id)).key(node_calls_key(&self.settings.node));
+        call.arg(if count_cps { "1" } else { "0" }).arg(id).arg(demands.len());
+        for d in demands {
+            call.arg(d.cps.map_or(-1, i64::from)).arg(d.channels.map_or(-1, i64::from));
+        }
+        match call.invoke::<(i64, i64)>(conn) {
+            Ok((0, _)) => Some(Ok(())),
+            Ok((i, kind)) => {
+                let key =
+                    demands.get((i - 1).max(0) as usize).map_or_else(LimitKey::server, |d| d.key.clone());
+                Some(Err(Rejection { key, kind: if kind == 1 { Refusal::Cps } else { Refusal::Channels } }))
+            }
+            Err(e) => {
+                drop(guard);
+                self.mark_down(&e.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// The same demands without limits (counted, never refused).
+fn unlimited(demands: &[Demand]) -> Vec<Demand> {
+    demands.iter().map(|d| Demand { key: d.key.clone(), cps: None, channels: None }).collect()
+}
+
+/// Each limit divided among `nodes` (a limit above 0 keeps at least 1 per node).
+fn divided(demands: &[Demand], nodes: u32) -> Vec<Demand> {
+    let share = |v: Option<u32>| v.map(|v| if v == 0 { 0 } else { (v / nodes.max(1)).max(1) });
+    demands
+        .iter()
+        .map(|d| Demand { key: d.key.clone(), cps: share(d.cps), channels: share(d.channels) })
+        .collect()
+}
+
+impl Store for RedisStore {
+    fn admit(&self, now: Instant, demands: &[Demand], count_cps: bool) -> Result<Reservation, Rejection> {
+        if self.up.load(Ordering::Relaxed) {
+            let id = format!("{}:{}", self.settings.node, self.seq.fetch_add(1, Ordering::Relaxed) + 1);
+            match self.admit_shared(demands, count_cps, &id) {
+                Some(Ok(())) => {
+                    let mut mirror = self.local.admit(now, &unlimited(demands), count_cps)?;
+                    mirror.token = Some(id);
+                    return Ok(mirror);
+                }
+                Some(Err(rejection)) => return Err(rejection),
+                None => {} // Redis did not answer: fall back below
+            }
+        }
+        match self.settings.on_failure {
+            OnFailure::Local => self.local.admit(now, &divided(demands, self.settings.nodes), count_cps),
+            OnFailure::Reject => Err(Rejection {
+                key: LimitKey { scope: Scope::Server, name: super::KeyName::None },
+                kind: Refusal::Channels,
+            }),
+            OnFailure::Allow => self.local.admit(now, &unlimited(demands), count_cps),
+        }
+    }
+
+    fn release(&self, now: Instant, reservation: &Reservation) {
+        self.local.release(now, reservation);
+        let Some(id) = &reservation.token else { return };
+        let done = {
+            let mut guard = self.conn.lock();
+            guard.as_mut().map(|conn| self.release_shared(conn, id))
+        };
+        match done {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.mark_down(&e.to_string());
+                self.pending_releases.lock().push_back(id.clone());
+            }
+            None => self.pending_releases.lock().push_back(id.clone()),
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn moves_egress(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_divide_among_nodes() {
+        let d = [Demand { key: LimitKey::server(), cps: Some(10), channels: Some(1) }];
+        let shared = divided(&d, 3);
+        assert_eq!((shared[0].cps, shared[0].channels), (Some(3), Some(1)));
+        assert_eq!(unlimited(&d)[0].cps, None);
+    }
+}
