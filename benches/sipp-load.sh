@@ -7,7 +7,7 @@
 # Usage: benches/sipp-load.sh [START_RATE] [STEP] [MAX_RATE] [STEP_SECONDS]
 #   WITH_LIMITS=1 configures limits at 7 scopes (server, customer, ip, route, did, carrier,
 #   gateway), all far above the offered load: the limiter's cost when limits are configured
-#   but not hit.
+#   but not hit. REDIS_URL=redis://127.0.0.1:6379/ adds [cluster]: limits kept in Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,7 @@ STEP=${2:-1000}
 MAX=${3:-12000}
 SECS=${4:-10}
 WITH_LIMITS=${WITH_LIMITS:-0}
+REDIS_URL=${REDIS_URL:-}
 PROXY_PORT=${PROXY_PORT:-25060}
 UAS_PORT=${UAS_PORT:-25070}
 UAC_PORT=${UAC_PORT:-25080}
@@ -61,6 +62,10 @@ TOML
   sed -i 's/^carriers = \["uas"\]$/carriers = ["uas"]\ncps = 1000000\nchannels = 10000000/; s/^gateways = \["udp:\/\/127.0.0.1:'"$UAS_PORT"'"\]$/&\ncps = 1000000\nchannels = 10000000\ngateway_cps = 1000000\ngateway_channels = 10000000/' "$work/sluice.toml"
 fi
 
+if [ -n "$REDIS_URL" ]; then
+  printf '[cluster]\nredis = "%s"\nnode = "load"\n' "$REDIS_URL" >> "$work/sluice.toml"
+fi
+
 "$BIN" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 PID=$!
 (cd "$work" && exec sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -buff_size 4194304 -nostdin >/dev/null 2>&1) &
@@ -71,7 +76,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 count() { grep -E "^ *$1" "$2" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}'; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "command: WITH_LIMITS=$WITH_LIMITS benches/sipp-load.sh $START $STEP $MAX $SECS"
+echo "command: WITH_LIMITS=$WITH_LIMITS REDIS_URL=$REDIS_URL benches/sipp-load.sh $START $STEP $MAX $SECS"
 printf "%8s %8s %8s %8s %14s %10s\n" rate calls ok failed cpu_s/1000 peak_rss
 best=0
 for ((rate = START; rate <= MAX; rate += STEP)); do

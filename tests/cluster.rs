@@ -222,3 +222,72 @@ async fn redis_failure_follows_on_failure_and_recovers() {
     reject.stop().await;
     local.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_flows_release_shared_channels_and_count_a_challenged_call_once() {
+    let Some(redis) = Redis::start(free_port()) else { return };
+    let (ring, busy, silent) = (Endpoint::udp().await, Endpoint::udp().await, Endpoint::udp().await);
+    let mut auth = Endpoint::udp().await;
+    let uris = [ring.uri(), busy.uri(), silent.uri(), auth.uri()];
+    spawn_pbx(ring, Pbx::Ring);
+    spawn_pbx(busy, Pbx::Busy);
+    spawn_pbx(silent, Pbx::Silent);
+    let config = format!(
+        "[server]\nlisten = [\"udp://127.0.0.1:0\"]\ngateway_timeout_ms = 300\n[log]\nlevel = \"error\"\n[limits]\nchannels = 1\ncps = 2\n\
+         [[carrier]]\nname = \"ring\"\ngateways = [\"{}\"]\n[[carrier]]\nname = \"busy\"\ngateways = [\"{}\"]\n\
+         [[carrier]]\nname = \"silent\"\ngateways = [\"{}\"]\n[[carrier]]\nname = \"auth\"\ngateways = [\"{}\"]\n\
+         [[route]]\nprefix = \"1\"\ncarriers = [\"ring\"]\n[[route]]\nprefix = \"2\"\ncarriers = [\"busy\"]\n\
+         [[route]]\nprefix = \"3\"\ncarriers = [\"silent\"]\n[[route]]\nprefix = \"4\"\ncarriers = [\"auth\"]\n\
+         [cluster]\nredis = \"{}\"\nnode = \"flows\"\nheartbeat_ms = 200\n",
+        uris[0],
+        uris[1],
+        uris[2],
+        uris[3],
+        redis.url()
+    );
+    let running = start(&config).await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut c = Endpoint::udp().await;
+
+    // CANCEL frees the shared channel.
+    let inv = invite(&c, "f-cancel", "f-cancel", "100", proxy);
+    c.send(proxy, inv.as_bytes()).await;
+    c.expect("SIP/2.0 180").await;
+    assert_eq!(redis.server_channels(), 1);
+    c.send(
+        proxy,
+        inv.replacen("INVITE sip", "CANCEL sip", 1).replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL").as_bytes(),
+    )
+    .await;
+    c.expect("SIP/2.0 487").await;
+    assert_eq!(redis.server_channels(), 0, "CANCEL");
+    tokio::time::sleep(Duration::from_millis(1000)).await; // cps 2: a fresh second
+
+    // 486 and a timeout free it too.
+    c.send(proxy, invite(&c, "f-busy", "f-busy", "200", proxy).as_bytes()).await;
+    c.expect("SIP/2.0 486").await;
+    assert_eq!(redis.server_channels(), 0, "486");
+    c.send(proxy, invite(&c, "f-silent", "f-silent", "300", proxy).as_bytes()).await;
+    c.expect("SIP/2.0 408").await;
+    assert_eq!(redis.server_channels(), 0, "timeout");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // 407 then the credentials INVITE: one CPS slot of the two, so a second new call fits.
+    let first = invite(&c, "f-auth", "f-auth", "400", proxy);
+    c.send(proxy, first.as_bytes()).await;
+    let (inv, from) = auth.expect("INVITE ").await;
+    auth.send(from, respond(&inv, 407, "Proxy Authentication Required", Some("p"), "", None).as_bytes())
+        .await;
+    c.expect("SIP/2.0 407").await;
+    auth.expect("ACK ").await;
+    let again = first
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace("branch=z9hG4bKf-auth", "branch=z9hG4bKf-auth2");
+    c.send(proxy, again.as_bytes()).await;
+    let (inv2, from2) = auth.expect("INVITE ").await;
+    auth.send(from2, respond(&inv2, 486, "Busy Here", Some("p"), "", None).as_bytes()).await;
+    c.send(proxy, invite(&c, "f-next", "f-next", "400", proxy).as_bytes()).await;
+    let (inv3, _) = auth.expect("INVITE ").await;
+    assert_eq!(header(&inv3, "Call-ID"), Some("f-next"), "the re-INVITE after 407 took no second CPS slot");
+    running.stop().await;
+}
