@@ -84,7 +84,7 @@ fn whole_call(c: &mut Criterion) {
             let call_id = format!("bench-{n}@192.0.2.10");
             out.clear();
             proxy.on_message(now, caller, &invite(&call_id), &mut out);
-            let Some(Action::Send { data: fwd, .. }) = out.iter().find(|Action::Send { to, .. }| *to == pbx).cloned() else {
+            let Some(fwd) = out.iter().filter_map(Action::as_send).find(|(to, _)| **to == pbx).map(|(_, d)| d.clone()) else {
                 panic!("not forwarded")
             };
             let fwd = String::from_utf8_lossy(&fwd).into_owned();
@@ -100,7 +100,7 @@ fn whole_call(c: &mut Criterion) {
             let bye = format!("BYE sip:pbx@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-bye-{n}\r\nMax-Forwards: 70\r\n{common}{to}CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
             out.clear();
             proxy.on_message(now, caller, bye.as_bytes(), &mut out);
-            let Some(Action::Send { data: fwd_bye, .. }) = out.iter().find(|Action::Send { to, .. }| *to == pbx).cloned() else {
+            let Some(fwd_bye) = out.iter().filter_map(Action::as_send).find(|(to, _)| **to == pbx).map(|(_, d)| d.clone()) else {
                 panic!("BYE not forwarded")
             };
             let fwd_bye = String::from_utf8_lossy(&fwd_bye).into_owned();

@@ -41,7 +41,7 @@ fn main() {
         );
         out.clear();
         proxy.on_message(now, caller, invite.as_bytes(), &mut out);
-        let Some(Action::Send { data, .. }) = out.iter().find(|Action::Send { to, .. }| *to == pbx) else {
+        let Some((_, data)) = out.iter().filter_map(Action::as_send).find(|(to, _)| **to == pbx) else {
             panic!("not forwarded")
         };
         let fwd = String::from_utf8_lossy(data).into_owned();

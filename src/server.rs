@@ -124,6 +124,7 @@ impl Server {
             core: Mutex::new(Proxy::with_store(self.config.clone(), stats.clone(), seed, store.clone())),
             limits,
             store,
+            cluster: cluster.clone(),
             stats,
             udp: self.udp.clone(),
             tcp: transport::tcp::Registry::default(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice::config::Config;
 use sluice::limit::memory::MemoryStore;
 use sluice::peer::Peer;
-use sluice::proxy::{Action, Proxy};
+use sluice::proxy::Proxy;
 use sluice::stats::Stats;
 use tokio::time::Instant;
 
@@ -40,7 +40,7 @@ impl Rig {
         let mut out = Vec::new();
         self.proxy.on_message(self.now, from, msg.as_bytes(), &mut out);
         out.into_iter()
-            .map(|Action::Send { to, data, .. }| (to, String::from_utf8_lossy(&data).into_owned()))
+            .filter_map(|a| a.as_send().map(|(to, data)| (*to, String::from_utf8_lossy(data).into_owned())))
             .collect()
     }
 
@@ -62,10 +62,9 @@ impl Rig {
             self.now += step;
             let mut out = Vec::new();
             self.proxy.on_timer(self.now, &mut out);
-            all.extend(
-                out.into_iter()
-                    .map(|Action::Send { to, data, .. }| (to, String::from_utf8_lossy(&data).into_owned())),
-            );
+            all.extend(out.into_iter().filter_map(|a| {
+                a.as_send().map(|(to, data)| (*to, String::from_utf8_lossy(data).into_owned()))
+            }));
         }
         all
     }

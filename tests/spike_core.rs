@@ -54,8 +54,8 @@ impl Rig {
         let pbx: std::net::SocketAddr = PBX.parse().unwrap();
         let mut forwarded = 0;
         let mut statuses = Vec::new();
-        for Action::Send { to, data, .. } in out {
-            let text = String::from_utf8_lossy(&data).into_owned();
+        for (to, data) in out.iter().filter_map(Action::as_send) {
+            let text = String::from_utf8_lossy(data).into_owned();
             if to.addr == pbx {
                 let id =
                     text.lines().find_map(|l| l.strip_prefix("Call-ID: ")).unwrap_or_default().to_string();

@@ -35,7 +35,7 @@ fn run_bytes(bytes: &[u8]) -> (Outcome, Option<Vec<u8>>) {
     proxy.on_message(Instant::now(), source, bytes, &mut out);
     let gateway: std::net::SocketAddr = "127.0.0.1:5070".parse().unwrap();
     let mut outcome = (Outcome::Dropped, None);
-    for Action::Send { to, data, .. } in &out {
+    for (to, data) in out.iter().filter_map(Action::as_send) {
         if to.addr == gateway {
             return (Outcome::Forwarded, Some(data.to_vec()));
         }

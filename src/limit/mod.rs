@@ -146,6 +146,12 @@ pub trait Store: Send + Sync {
         true
     }
 
+    /// True when admissions should not be made on the SIP path: the core parks the INVITE
+    /// and asks through [`crate::proxy::Action::Admit`]; the answer comes back later.
+    fn asynchronous(&self) -> bool {
+        false
+    }
+
     /// Whether part of a reservation (the carrier/gateway keys) can be moved on failover.
     /// A shared store keeps the original egress accounting for the call instead.
     fn moves_egress(&self) -> bool {

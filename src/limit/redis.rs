@@ -144,6 +144,8 @@ pub struct RedisStore {
     settings: RedisSettings,
     client: redis::Client,
     conn: Mutex<Option<redis::Connection>>,
+    /// The multiplexed connection new-call admissions share (many in flight at once).
+    aconn: Mutex<Option<redis::aio::MultiplexedConnection>>,
     local: Arc<MemoryStore>,
     up: AtomicBool,
     seq: AtomicU64,
@@ -152,6 +154,8 @@ pub struct RedisStore {
     sweep: redis::Script,
     /// Releases that could not reach Redis, retried when it answers again.
     pending_releases: Mutex<VecDeque<String>>,
+    /// Releases on their way to Redis, sent by a worker thread (never from the SIP path).
+    release_tx: Mutex<Option<std::sync::mpsc::Sender<String>>>,
     stop: AtomicBool,
 }
 
@@ -168,6 +172,7 @@ impl RedisStore {
             settings,
             client,
             conn: Mutex::new(None),
+            aconn: Mutex::new(None),
             local,
             up: AtomicBool::new(false),
             seq: AtomicU64::new(0),
@@ -175,6 +180,7 @@ impl RedisStore {
             release: redis::Script::new(RELEASE),
             sweep: redis::Script::new(SWEEP),
             pending_releases: Mutex::new(VecDeque::new()),
+            release_tx: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
         store.reconnect(true);
@@ -184,6 +190,7 @@ impl RedisStore {
     /// Starts the heartbeat / sweeper / reconnect thread; it ends when [`RedisStore::stop`]
     /// is called.
     pub fn spawn_maintenance(self: &Arc<Self>) {
+        self.spawn_release_worker();
         let store = self.clone();
         std::thread::Builder::new()
             .name("sluice-cluster".into())
@@ -201,6 +208,39 @@ impl RedisStore {
 
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        *self.release_tx.lock() = None; // ends the release worker
+    }
+
+    /// Starts the worker that sends releases to Redis as they come.
+    fn spawn_release_worker(self: &Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        *self.release_tx.lock() = Some(tx);
+        let store = self.clone();
+        let spawned = std::thread::Builder::new().name("sluice-release".into()).spawn(move || {
+            let mut conn: Option<redis::Connection> = None;
+            while let Ok(id) = rx.recv() {
+                if conn.is_none() {
+                    conn = store
+                        .client
+                        .get_connection_with_timeout(store.settings.timeout)
+                        .and_then(|c| {
+                            c.set_read_timeout(Some(store.settings.timeout))?;
+                            c.set_write_timeout(Some(store.settings.timeout))?;
+                            Ok(c)
+                        })
+                        .ok();
+                }
+                let done = conn.as_mut().map(|c| store.release_shared(c, &id));
+                if !matches!(done, Some(Ok(()))) {
+                    conn = None;
+                    store.pending_releases.lock().push_back(id);
+                    store.mark_down("release failed");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(event = "cluster.thread_failed", error = %e, "releases go through the maintenance thread");
+        }
     }
 
     /// Connects and announces this node. `fresh`: at start, release what a previous run of
@@ -342,6 +382,87 @@ impl RedisStore {
     }
 }
 
+/// What an asynchronous admission found.
+#[derive(Debug)]
+pub enum Remote {
+    /// Candidate `usize` admitted under this reservation.
+    Admitted(usize, Reservation),
+    Rejected(Rejection),
+    /// Redis did not answer in time: decide with the `on_failure` fallback.
+    Unavailable,
+}
+
+impl RedisStore {
+    /// Admits a new call without blocking the proxy: candidates (common + egress demands)
+    /// are tried in order over the shared multiplexed connection, each within `timeout`.
+    pub async fn admit_async(&self, now: Instant, candidates: Vec<Vec<Demand>>, count_cps: bool) -> Remote {
+        if !self.up.load(Ordering::Relaxed) {
+            return Remote::Unavailable;
+        }
+        let conn = self.aconn.lock().clone();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => match tokio::time::timeout(
+                self.settings.timeout,
+                self.client.get_multiplexed_async_connection(),
+            )
+            .await
+            {
+                Ok(Ok(c)) => {
+                    *self.aconn.lock() = Some(c.clone());
+                    c
+                }
+                Ok(Err(e)) => return self.unavailable(&e.to_string()),
+                Err(_) => return self.unavailable("connect timed out"),
+            },
+        };
+        let mut refusal = None;
+        for (i, demands) in candidates.iter().enumerate() {
+            let id = format!("{}:{}", self.settings.node, self.seq.fetch_add(1, Ordering::Relaxed) + 1);
+            let mut call = self.admit.prepare_invoke();
+            for d in demands {
+                call.key(window_key(&d.key)).key(channels_key(&d.key));
+            }
+            call.key(reservation_key(&id)).key(node_calls_key(&self.settings.node));
+            call.arg(if count_cps { "1" } else { "0" }).arg(&id).arg(demands.len());
+            for d in demands {
+                call.arg(d.cps.map_or(-1, i64::from)).arg(d.channels.map_or(-1, i64::from));
+            }
+            let answer =
+                tokio::time::timeout(self.settings.timeout, call.invoke_async::<(i64, i64)>(&mut conn)).await;
+            match answer {
+                Ok(Ok((0, _))) => {
+                    return match self.local.admit(now, &unlimited(demands), count_cps) {
+                        Ok(mut mirror) => {
+                            mirror.token = Some(id);
+                            Remote::Admitted(i, mirror)
+                        }
+                        Err(r) => Remote::Rejected(r),
+                    };
+                }
+                Ok(Ok((k, kind))) => {
+                    let key =
+                        demands.get((k - 1).max(0) as usize).map_or_else(LimitKey::server, |d| d.key.clone());
+                    let r = Rejection { key, kind: if kind == 1 { Refusal::Cps } else { Refusal::Channels } };
+                    if !r.key.scope.is_egress() {
+                        return Remote::Rejected(r);
+                    }
+                    refusal = Some(r);
+                }
+                Ok(Err(e)) => return self.unavailable(&e.to_string()),
+                Err(_) => return self.unavailable("admission timed out"),
+            }
+        }
+        refusal.map_or(Remote::Unavailable, Remote::Rejected)
+    }
+
+    fn unavailable(&self, why: &str) -> Remote {
+        *self.aconn.lock() = None;
+        self.mark_down(why);
+        Remote::Unavailable
+    }
+}
+
 /// The same demands without limits (counted, never refused).
 fn unlimited(demands: &[Demand]) -> Vec<Demand> {
     demands.iter().map(|d| Demand { key: d.key.clone(), cps: None, channels: None }).collect()
@@ -383,17 +504,11 @@ impl Store for RedisStore {
     fn release(&self, now: Instant, reservation: &Reservation) {
         self.local.release(now, reservation);
         let Some(id) = &reservation.token else { return };
-        let done = {
-            let mut guard = self.conn.lock();
-            guard.as_mut().map(|conn| self.release_shared(conn, id))
-        };
-        match done {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                self.mark_down(&e.to_string());
-                self.pending_releases.lock().push_back(id.clone());
-            }
-            None => self.pending_releases.lock().push_back(id.clone()),
+        // Never a Redis round trip on the SIP path: the worker sends it (or, while Redis
+        // is away, the maintenance thread after it returns).
+        let sent = self.release_tx.lock().as_ref().is_some_and(|tx| tx.send(id.clone()).is_ok());
+        if !sent {
+            self.pending_releases.lock().push_back(id.clone());
         }
     }
 
@@ -403,6 +518,10 @@ impl Store for RedisStore {
 
     fn moves_egress(&self) -> bool {
         false
+    }
+
+    fn asynchronous(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
     }
 }
 

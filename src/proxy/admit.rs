@@ -14,6 +14,7 @@ use super::{Action, Proxy};
 use crate::limit::customers::CustomerId;
 use crate::limit::plan::CallPlan;
 use crate::limit::queue::Waiting;
+use crate::limit::redis::Remote;
 use crate::limit::{Demand, LimitKey, Refusal, Rejection, Reservation, Scope};
 use crate::peer::Peer;
 use crate::sip::{HeaderName, Message};
@@ -73,6 +74,20 @@ impl Proxy {
     ) -> Option<(Vec<Target>, Reservation)> {
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let count_cps = !self.take_challenge(ctx.call_id, from_tag);
+        if self.limiter.asynchronous() {
+            // A shared store: no round trip on the SIP path. The call waits (100 Trying)
+            // for the store's answer, which arrives through on_admission.
+            let placeholder = Rejection { key: LimitKey::server(), kind: Refusal::Channels };
+            let candidates: Vec<Vec<Demand>> = plan
+                .candidates
+                .iter()
+                .map(|c| plan.common.iter().chain(c.demands.iter()).cloned().collect())
+                .collect();
+            if let Some(id) = self.park(now, plan, ctx, msg, key, count_cps, placeholder, out) {
+                out.push(Action::Admit { tx: id, candidates, count_cps });
+            }
+            return None;
+        }
         match self.try_admit(now, &plan, count_cps) {
             Ok((i, reservation)) => {
                 self.on_admitted(now, &plan, ctx, i, count_cps, None);
@@ -191,9 +206,33 @@ impl Proxy {
                 }
             }
         }
-        let Some(id) = self.new_tx(now, ctx.source, msg, key, Vec::new(), true) else {
-            return Err(rejection);
+        let deadline = now + overflow.queue;
+        self.log_decision(ctx, None, &plan, "queued", Some(&rejection), count_cps, None);
+        let Some(id) = self.park(now, plan, ctx, msg, key, count_cps, rejection, out) else {
+            return Err(Rejection { key: LimitKey::server(), kind: Refusal::Channels });
         };
+        let waiting = Waiting { id, since: now, deadline };
+        self.queue.push(priority, lane, waiting);
+        Stats::bump(&self.stats.calls_queued);
+        self.queue_changed(now);
+        Ok(())
+    }
+
+    /// Opens the transaction of a new call that must wait (spike buffer, or a shared store's
+    /// answer): 100 Trying to the caller, and everything needed to admit it later.
+    #[allow(clippy::too_many_arguments)]
+    fn park(
+        &mut self,
+        now: Instant,
+        plan: CallPlan,
+        ctx: &CallContext<'_>,
+        msg: &Message<'_>,
+        key: Vec<u8>,
+        count_cps: bool,
+        rejection: Rejection,
+        out: &mut Vec<Action>,
+    ) -> Option<TxId> {
+        let id = self.new_tx(now, ctx.source, msg, key, Vec::new(), true)?;
         let mut splice = crate::sip::edit::Splice::new(msg.buf);
         if super::stamp::stamp(msg, ctx.source, &mut splice).is_some() {
             let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
@@ -203,8 +242,6 @@ impl Proxy {
                 self.send(out, to, trying, None, false);
             }
         }
-        let waiting = Waiting { id, since: now, deadline: now + overflow.queue };
-        self.log_decision(ctx, None, &plan, "queued", Some(&rejection), count_cps, None);
         let pending = PendingCall {
             plan,
             count_cps,
@@ -215,13 +252,59 @@ impl Proxy {
             rejection,
             since: now,
         };
-        if let Some(tx) = self.txs.get_mut(&id) {
-            tx.pending = Some(Box::new(pending));
+        self.txs.get_mut(&id)?.pending = Some(Box::new(pending));
+        Some(id)
+    }
+
+    /// The shared store's answer for a parked new call ([`Action::Admit`]).
+    pub fn on_admission(&mut self, now: Instant, id: TxId, answer: Remote, out: &mut Vec<Action>) {
+        let waiting = self.txs.get(&id).is_some_and(|t| t.pending.is_some() && !t.final_sent());
+        if !waiting {
+            // Cancelled (or gone) meanwhile: give back what the store reserved.
+            if let Remote::Admitted(_, r) = answer {
+                self.limiter.release(now, &r);
+            }
+            return;
         }
-        self.queue.push(priority, lane, waiting);
-        Stats::bump(&self.stats.calls_queued);
-        self.queue_changed(now);
-        Ok(())
+        let outcome = match answer {
+            Remote::Admitted(i, r) => Ok((i, r)),
+            Remote::Rejected(r) => Err(r),
+            Remote::Unavailable => {
+                let Some(p) = self.txs.get(&id).and_then(|t| t.pending.as_ref()) else { return };
+                self.try_admit(now, &p.plan, p.count_cps)
+            }
+        };
+        match outcome {
+            Ok((i, reservation)) => self.start_waiting(now, id, i, reservation, false, out),
+            Err(rejection) => self.queue_or_refuse(now, id, rejection, out),
+        }
+    }
+
+    /// A parked call the store refused: into the spike buffer if allowed, else answered.
+    fn queue_or_refuse(&mut self, now: Instant, id: TxId, rejection: Rejection, out: &mut Vec<Action>) {
+        let config = self.config.clone();
+        let overflow = &config.overflow;
+        let queueable = match rejection.kind {
+            Refusal::Cps => true,
+            Refusal::Channels => overflow.queue_channels,
+        };
+        let customer = self
+            .txs
+            .get(&id)
+            .and_then(|t| t.pending.as_ref())
+            .and_then(|p| p.customer)
+            .and_then(|c| config.customers.get(c));
+        let (priority, lane) = customer.map_or((0, ""), |c| (c.priority, c.name.as_str()));
+        if let Some(p) = self.txs.get_mut(&id).and_then(|t| t.pending.as_mut()) {
+            p.rejection = rejection;
+        }
+        if !overflow.queue.is_zero() && queueable && self.queue.len() < overflow.queue_depth {
+            self.queue.push(priority, lane, Waiting { id, since: now, deadline: now + overflow.queue });
+            Stats::bump(&self.stats.calls_queued);
+            self.queue_changed(now);
+            return;
+        }
+        self.refuse_waiting(now, id, "rejected", out);
     }
 
     /// Keeps the depth gauge current and the serving timer scheduled while calls wait.
@@ -253,7 +336,7 @@ impl Proxy {
         });
         self.queue = queue;
         for (id, i, reservation) in admitted {
-            self.start_waiting(now, id, i, reservation, out);
+            self.start_waiting(now, id, i, reservation, true, out);
         }
         self.queue_changed(now);
     }
@@ -265,6 +348,7 @@ impl Proxy {
         id: TxId,
         i: usize,
         reservation: Reservation,
+        from_queue: bool,
         out: &mut Vec<Action>,
     ) {
         let Some(tx) = self.txs.get_mut(&id) else {
@@ -277,7 +361,8 @@ impl Proxy {
         tx.remaining = targets;
         let (request, source, call_id) = (tx.request.clone(), tx.source, tx.call_id.clone());
         let ctx = p.context(&call_id, source);
-        self.on_admitted(now, &p.plan, &ctx, i, p.count_cps, Some(now.saturating_duration_since(p.since)));
+        let waited = from_queue.then(|| now.saturating_duration_since(p.since));
+        self.on_admitted(now, &p.plan, &ctx, i, p.count_cps, waited);
         let Ok(msg) = crate::sip::parse(&request) else {
             self.limiter.release(now, &reservation);
             return;
@@ -289,14 +374,19 @@ impl Proxy {
 
     /// A waiting call's deadline passed: it gets the answer of the limit that held it.
     fn expire_waiting(&mut self, now: Instant, id: TxId, out: &mut Vec<Action>) {
-        let Some(p) = self.txs.get_mut(&id).and_then(|t| t.pending.take()) else { return };
         Stats::bump(&self.stats.queue_expired);
+        self.refuse_waiting(now, id, "expired", out);
+    }
+
+    /// Answers a parked call with the refusal of the limit that held it.
+    fn refuse_waiting(&mut self, now: Instant, id: TxId, decision: &str, out: &mut Vec<Action>) {
+        let Some(p) = self.txs.get_mut(&id).and_then(|t| t.pending.take()) else { return };
         let Some(tx) = self.txs.get(&id) else { return };
         let (source, call_id) = (tx.source, tx.call_id.clone());
         let ctx = p.context(&call_id, source);
         let (status, reason, header, value) = self.refusal_answer(&p.rejection);
         let waited = now.saturating_duration_since(p.since);
-        self.log_decision(&ctx, None, &p.plan, "expired", Some(&p.rejection), p.count_cps, Some(waited));
+        self.log_decision(&ctx, None, &p.plan, decision, Some(&p.rejection), p.count_cps, Some(waited));
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         self.final_answer(now, id, status, &reason, &extra, out);
     }

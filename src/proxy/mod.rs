@@ -48,6 +48,19 @@ pub enum Action {
     /// that cannot deliver it (TCP connect refused) can report back with
     /// [`Proxy::on_send_failed`].
     Send { to: Peer, data: Bytes, tx: Option<TxId> },
+    /// Ask the shared (cluster) store to admit the new call of transaction `tx`: the
+    /// candidates' demand lists in order. The answer goes to [`Proxy::on_admission`].
+    Admit { tx: TxId, candidates: Vec<Vec<crate::limit::Demand>>, count_cps: bool },
+}
+
+impl Action {
+    /// The destination and bytes of a `Send`.
+    pub fn as_send(&self) -> Option<(&Peer, &Bytes)> {
+        match self {
+            Self::Send { to, data, .. } => Some((to, data)),
+            Self::Admit { .. } => None,
+        }
+    }
 }
 
 /// Upper bounds on state, so a flood cannot grow memory without limit. Past them new

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limit::memory::MemoryStore;
 use crate::peer::{Peer, Transport};
+use crate::proxy::transaction::TxId;
 use crate::proxy::{Action, Proxy};
 use crate::stats::Stats;
 
@@ -33,6 +34,8 @@ pub struct Shared {
     pub limits: Arc<MemoryStore>,
     /// The store the core admits through (the same memory store, or the cluster store).
     pub store: Arc<dyn crate::limit::Store>,
+    /// The cluster store, for admissions made off the SIP path.
+    pub cluster: Option<Arc<crate::limit::redis::RedisStore>>,
     pub stats: Arc<Stats>,
     pub udp: Vec<Arc<UdpSocket>>,
     pub tcp: tcp::Registry,
@@ -57,6 +60,7 @@ impl Shared {
                     Transport::Udp => self.send_udp(to.addr, data),
                     Transport::Tcp => self.tcp.send(self, to, data, tx),
                 },
+                Action::Admit { tx, candidates, count_cps } => self.admit_remote(tx, candidates, count_cps),
             }
         }
     }
@@ -88,6 +92,20 @@ impl Shared {
                 tracing::debug!(event = "transport.send_failed", to = %to, error = %e, "UDP send failed")
             }
         }
+    }
+
+    /// Runs a cluster admission off the SIP path and hands the answer back to the core.
+    fn admit_remote(self: &Arc<Self>, tx: TxId, candidates: Vec<Vec<crate::limit::Demand>>, count_cps: bool) {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let answer = match &shared.cluster {
+                Some(store) => store.admit_async(Instant::now(), candidates, count_cps).await,
+                None => crate::limit::redis::Remote::Unavailable,
+            };
+            let mut out = Vec::new();
+            shared.core.lock().on_admission(Instant::now(), tx, answer, &mut out);
+            shared.dispatch(out);
+        });
     }
 
     /// A request could not be delivered: let the core fail over.
