@@ -1,6 +1,8 @@
 //! The cluster store: limits shared by every sluice node through one Redis (or Valkey).
 //!
-//! One admission is one round trip: a Lua script (EVALSHA) reads Redis's own clock, checks
+//! One admission is one round trip, made off the SIP path: the core parks the INVITE and the
+//! transport runs [`RedisStore::admit_async`] on one multiplexed connection shared by every
+//! call in flight. The Lua script (EVALSHA) reads Redis's own clock, checks
 //! every demand's sliding window (a sorted set of admission times over the last second) and
 //! channel counter, and reserves all or nothing. Each reservation is recorded under its id
 //! and in its node's set, so a release is idempotent (the record is deleted once) and a dead
