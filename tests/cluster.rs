@@ -299,8 +299,7 @@ async fn call_flows_release_shared_channels_and_count_a_challenged_call_once() {
     c.send(proxy, again.as_bytes()).await;
     let (inv2, from2) = auth.expect("INVITE ").await;
     auth.send(from2, respond(&inv2, 486, "Busy Here", Some("p"), "", None).as_bytes()).await;
-    // (Releases reach Redis a round trip after the call ends; the test is about CPS.)
-    assert_eq!(redis.settle_channels(0).await, 0);
+    // No waiting for the release to reach Redis: the node credits its own releases in flight.
     c.send(proxy, invite(&c, "f-next", "f-next", "400", proxy).as_bytes()).await;
     let (inv3, _) = auth.expect("INVITE ").await;
     assert_eq!(header(&inv3, "Call-ID"), Some("f-next"), "the re-INVITE after 407 took no second CPS slot");

@@ -22,7 +22,7 @@
 //! compensation, which is not implemented. Windows use Redis's clock in microseconds, so node
 //! clock skew does not matter.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,11 +42,12 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = tonumber(ARGV[3])
 local count = ARGV[1] == '1'
 for i = 1, n do
-  local cps = tonumber(ARGV[3 + 2 * i - 1])
-  local ch = tonumber(ARGV[3 + 2 * i])
+  local cps = tonumber(ARGV[3 + 3 * i - 2])
+  local ch = tonumber(ARGV[3 + 3 * i - 1])
+  local credit = tonumber(ARGV[3 + 3 * i])
   if ch >= 0 then
     local used = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-    if used >= ch then return {i, 2} end
+    if used - credit >= ch then return {i, 2} end
   end
   if count and cps >= 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[2 * i - 1], '-inf', now - 1000000)
@@ -57,7 +58,7 @@ local record = {}
 for i = 1, n do
   redis.call('INCR', KEYS[2 * i])
   record[i] = KEYS[2 * i]
-  if count and tonumber(ARGV[3 + 2 * i - 1]) >= 0 then
+  if count and tonumber(ARGV[3 + 3 * i - 2]) >= 0 then
     redis.call('ZADD', KEYS[2 * i - 1], now, ARGV[2] .. ':' .. i)
     redis.call('PEXPIRE', KEYS[2 * i - 1], 2000)
   end
@@ -155,9 +156,13 @@ pub struct RedisStore {
     release: redis::Script,
     sweep: redis::Script,
     /// Releases that could not reach Redis, retried when it answers again.
-    pending_releases: Mutex<VecDeque<String>>,
+    pending_releases: Mutex<VecDeque<Release>>,
     /// Releases on their way to Redis, sent by a worker thread (never from the SIP path).
-    release_tx: Mutex<Option<std::sync::mpsc::Sender<String>>>,
+    release_tx: Mutex<Option<std::sync::mpsc::Sender<Release>>>,
+    /// Channels this node has released but Redis has not applied yet, per key: admissions
+    /// count them as free already, so a call arriving just after another ended is not
+    /// refused because the release is still on its way.
+    releasing: Mutex<HashMap<LimitKey, i64>>,
     stop: AtomicBool,
 }
 
@@ -183,6 +188,7 @@ impl RedisStore {
             sweep: redis::Script::new(SWEEP),
             pending_releases: Mutex::new(VecDeque::new()),
             release_tx: Mutex::new(None),
+            releasing: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
         });
         store.reconnect(true);
@@ -215,12 +221,12 @@ impl RedisStore {
 
     /// Starts the worker that sends releases to Redis as they come.
     fn spawn_release_worker(self: &Arc<Self>) {
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let (tx, rx) = std::sync::mpsc::channel::<Release>();
         *self.release_tx.lock() = Some(tx);
         let store = self.clone();
         let spawned = std::thread::Builder::new().name("sluice-release".into()).spawn(move || {
             let mut conn: Option<redis::Connection> = None;
-            while let Ok(id) = rx.recv() {
+            while let Ok(release) = rx.recv() {
                 if conn.is_none() {
                     conn = store
                         .client
@@ -232,10 +238,12 @@ impl RedisStore {
                         })
                         .ok();
                 }
-                let done = conn.as_mut().map(|c| store.release_shared(c, &id));
-                if !matches!(done, Some(Ok(()))) {
+                let done = conn.as_mut().map(|c| store.release_shared(c, &release.id));
+                if matches!(done, Some(Ok(()))) {
+                    store.applied(&release);
+                } else {
                     conn = None;
-                    store.pending_releases.lock().push_back(id);
+                    store.pending_releases.lock().push_back(release);
                     store.mark_down("release failed");
                 }
             }
@@ -331,17 +339,36 @@ impl RedisStore {
                 }
             }
             loop {
-                let Some(id) = self.pending_releases.lock().pop_front() else { break };
-                if let Err(e) = self.release_shared(conn, &id) {
-                    self.pending_releases.lock().push_front(id);
+                let Some(release) = self.pending_releases.lock().pop_front() else { break };
+                if let Err(e) = self.release_shared(conn, &release.id) {
+                    self.pending_releases.lock().push_front(release);
                     return Err(e);
                 }
+                self.applied(&release);
             }
             Ok(())
         })();
         if let Err(e) = result {
             drop(guard);
             self.mark_down(&e.to_string());
+        }
+    }
+
+    /// This node's not-yet-applied releases of `key`.
+    fn credit(&self, key: &LimitKey) -> i64 {
+        self.releasing.lock().get(key).copied().unwrap_or(0)
+    }
+
+    /// Redis applied a release: its channels no longer need crediting.
+    fn applied(&self, release: &Release) {
+        let mut releasing = self.releasing.lock();
+        for key in &release.keys {
+            if let Some(n) = releasing.get_mut(key) {
+                *n -= 1;
+                if *n <= 0 {
+                    releasing.remove(key);
+                }
+            }
         }
     }
 
@@ -366,7 +393,9 @@ impl RedisStore {
         call.key(reservation_key(id)).key(node_calls_key(&self.settings.node));
         call.arg(if count_cps { "1" } else { "0" }).arg(id).arg(demands.len());
         for d in demands {
-            call.arg(d.cps.map_or(-1, i64::from)).arg(d.channels.map_or(-1, i64::from));
+            call.arg(d.cps.map_or(-1, i64::from))
+                .arg(d.channels.map_or(-1, i64::from))
+                .arg(self.credit(&d.key));
         }
         match call.invoke::<(i64, i64)>(conn) {
             Ok((0, _)) => Some(Ok(())),
@@ -382,6 +411,13 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// A reservation to give back to Redis, with the keys it credits until applied.
+#[derive(Debug, Clone)]
+struct Release {
+    id: String,
+    keys: Vec<LimitKey>,
 }
 
 /// What an asynchronous admission found.
@@ -428,7 +464,9 @@ impl RedisStore {
             call.key(reservation_key(&id)).key(node_calls_key(&self.settings.node));
             call.arg(if count_cps { "1" } else { "0" }).arg(&id).arg(demands.len());
             for d in demands {
-                call.arg(d.cps.map_or(-1, i64::from)).arg(d.channels.map_or(-1, i64::from));
+                call.arg(d.cps.map_or(-1, i64::from))
+                    .arg(d.channels.map_or(-1, i64::from))
+                    .arg(self.credit(&d.key));
             }
             let answer =
                 tokio::time::timeout(self.settings.timeout, call.invoke_async::<(i64, i64)>(&mut conn)).await;
@@ -506,11 +544,21 @@ impl Store for RedisStore {
     fn release(&self, now: Instant, reservation: &Reservation) {
         self.local.release(now, reservation);
         let Some(id) = &reservation.token else { return };
+        {
+            let mut releasing = self.releasing.lock();
+            for key in &reservation.keys {
+                *releasing.entry(key.clone()).or_insert(0) += 1;
+            }
+        }
         // Never a Redis round trip on the SIP path: the worker sends it (or, while Redis
         // is away, the maintenance thread after it returns).
-        let sent = self.release_tx.lock().as_ref().is_some_and(|tx| tx.send(id.clone()).is_ok());
-        if !sent {
-            self.pending_releases.lock().push_back(id.clone());
+        let release = Release { id: id.clone(), keys: reservation.keys.clone() };
+        let unsent = match self.release_tx.lock().as_ref() {
+            Some(tx) => tx.send(release).err().map(|e| e.0),
+            None => Some(release),
+        };
+        if let Some(release) = unsent {
+            self.pending_releases.lock().push_back(release);
         }
     }
 
