@@ -188,10 +188,19 @@ async fn redis_failure_follows_on_failure_and_recovers() {
     let local =
         start(&node_config(&uri, &redis.url(), "l", "channels = 4", "on_failure = \"local\"\nnodes = 2"))
             .await;
+    let allow = start(&node_config(&uri, &redis.url(), "al", "channels = 4", "on_failure = \"allow\"")).await;
     let (pr, pl) = (reject.addr(Transport::Udp).unwrap(), local.addr(Transport::Udp).unwrap());
+    let pa = allow.addr(Transport::Udp).unwrap();
     let mut c = Endpoint::udp().await;
     c.send(pl, invite(&c, "before", "before", "100", pl).as_bytes()).await;
     c.expect("SIP/2.0 200").await;
+    let mut ca = Endpoint::udp().await;
+    for i in 0..3 {
+        let id = format!("al-{i}");
+        ca.send(pa, invite(&ca, &id, &id, "100", pa).as_bytes()).await;
+    }
+    let got = finals(&mut ca, Duration::from_millis(300)).await;
+    assert_eq!(got.iter().filter(|(s, _)| *s == 200).count(), 3, "the cluster's 4 channels: 1 + 3");
 
     redis.kill();
     // reject: every new call refused, quickly (the Redis timeout bounds the wait).
@@ -212,6 +221,15 @@ async fn redis_failure_follows_on_failure_and_recovers() {
     assert_eq!(ok, 1, "one more fits locally while Redis is down: {got:?}");
     let m = http(local.admin.unwrap(), "GET", "/metrics").await.1;
     assert!(m.lines().any(|l| l == "sluice_cluster_up 0"), "{m}");
+    // allow: no limits while Redis is away (the cluster already holds its 4 channels).
+    for i in 3..6 {
+        let id = format!("al-{i}");
+        ca.send(pa, invite(&ca, &id, &id, "100", pa).as_bytes()).await;
+    }
+    let got = finals(&mut ca, Duration::from_millis(500)).await;
+    let admitted =
+        got.iter().filter(|(s, m)| *s == 200 && header(m, "Call-ID").is_some_and(|i| i >= "al-3")).count();
+    assert_eq!(admitted, 3, "allow admits everything while Redis is down: {got:?}");
 
     // Redis returns (empty): nodes reconnect and count shared again.
     let _redis = Redis::start(port).expect("redis restarts");
@@ -234,6 +252,7 @@ async fn redis_failure_follows_on_failure_and_recovers() {
     }
     reject.stop().await;
     local.stop().await;
+    allow.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

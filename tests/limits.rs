@@ -403,3 +403,15 @@ async fn every_way_a_call_ends_frees_its_channel() {
     assert_eq!(running.shared.limits.total_channels(), 0, "no scope leaked a channel");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn the_store_is_the_one_this_binary_promises() {
+    // tests/limits_cluster.rs runs this file with the limits in Redis: prove it really does.
+    let cluster = cluster_section().is_some();
+    let pbx = Endpoint::udp().await;
+    let running = start(&config_with(&[pbx.uri()], "", "")).await;
+    assert_eq!(running.shared.cluster.is_some(), cluster);
+    assert!(running.shared.store.healthy());
+    assert_eq!(running.shared.store.asynchronous(), cluster, "cluster admissions go off the SIP path");
+    running.stop().await;
+}

@@ -20,9 +20,14 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts sluice with `config` (TOML). `{UDP}`/`{TCP}` in it are not special: callers write
-/// listen addresses themselves (`udp://127.0.0.1:0`).
+/// listen addresses themselves (`udp://127.0.0.1:0`). In a test binary named `*_cluster`
+/// the limits are kept in Redis (see [`cluster_section`]).
 pub async fn start(config: &str) -> Running {
-    let config = Config::parse("test.toml", config).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let config = match cluster_section() {
+        Some(section) if !config.contains("[cluster]") => format!("{config}\n{section}"),
+        _ => config.to_string(),
+    };
+    let config = Config::parse("test.toml", &config).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     let server = Server::bind(config).await.expect("bind");
     server.start(CancellationToken::new())
 }
@@ -463,4 +468,55 @@ pub async fn hang_up_answered(ep: &mut Endpoint, proxy: SocketAddr, answers: &[(
         );
         ep.send(proxy, bye.as_bytes()).await;
     }
+}
+
+/// For test binaries named `*_cluster`: a `[cluster]` section pointing at this binary's own
+/// redis-server (started on first use, stopped when the test process ends) with a database
+/// of its own per call, so parallel tests do not share counters.
+pub fn cluster_section() -> Option<String> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PORT: OnceLock<Option<u16>> = OnceLock::new();
+    static DB: AtomicU32 = AtomicU32::new(0);
+    let exe = std::env::current_exe().ok()?;
+    let name = exe.file_name()?.to_string_lossy().into_owned();
+    if !name.split('-').next().is_some_and(|n| n.ends_with("_cluster")) {
+        return None;
+    }
+    let port = PORT.get_or_init(|| {
+        let port = free_port();
+        // The server lives as long as this test process: a shell watches our pid.
+        let script = format!(
+            "redis-server --port {port} --save '' --appendonly no --bind 127.0.0.1 & r=$!; \
+             while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; kill $r",
+            pid = std::process::id()
+        );
+        let spawned = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let have_redis = std::process::Command::new("redis-server").arg("--version").output().is_ok();
+        if spawned.is_err() || !have_redis {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "redis-server is required under CI=true"
+            );
+            eprintln!("notice: redis-server not found; the flows run with the in-memory store instead");
+            return None;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start");
+    });
+    let port = (*port)?;
+    let db = DB.fetch_add(1, Ordering::Relaxed) % 16;
+    Some(format!(
+        "[cluster]\nredis = \"redis://127.0.0.1:{port}/{db}\"\nnode = \"test-{db}\"\nheartbeat_ms = 200\n"
+    ))
 }
