@@ -77,13 +77,13 @@ impl Proxy {
         if self.limiter.asynchronous() {
             // A shared store: no round trip on the SIP path. The call waits (100 Trying)
             // for the store's answer, which arrives through on_admission.
-            let placeholder = Rejection { key: LimitKey::server(), kind: Refusal::Channels };
+            let until_answered = Rejection { key: LimitKey::server(), kind: Refusal::Channels };
             let candidates: Vec<Vec<Demand>> = plan
                 .candidates
                 .iter()
                 .map(|c| plan.common.iter().chain(c.demands.iter()).cloned().collect())
                 .collect();
-            if let Some(id) = self.park(now, plan, ctx, msg, key, count_cps, placeholder, out) {
+            if let Some(id) = self.park(now, plan, ctx, msg, key, count_cps, until_answered, out) {
                 out.push(Action::Admit { tx: id, candidates, count_cps });
             }
             return None;
