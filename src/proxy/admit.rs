@@ -181,16 +181,35 @@ impl Proxy {
         rejection: Rejection,
         out: &mut Vec<Action>,
     ) -> Result<(), Rejection> {
-        let config = self.config.clone();
-        let overflow = &config.overflow;
+        let Some((priority, lane)) = self.may_wait(&plan, ctx.customer, &rejection) else {
+            return Err(rejection);
+        };
+        self.log_decision(ctx, None, &plan, "queued", Some(&rejection), count_cps, None);
+        let Some(id) = self.park(now, plan, ctx, msg, key, count_cps, rejection, out) else {
+            return Err(Rejection { key: LimitKey::server(), kind: Refusal::Channels });
+        };
+        self.wait_in_queue(now, id, priority, &lane);
+        Ok(())
+    }
+
+    /// Whether a call refused by `rejection` may wait in the spike buffer: the buffer is on,
+    /// the limit is one that frees by itself (CPS; channels with `queue_channels`), there is
+    /// room, and the wait its position implies fits in `queue_ms`. Returns its lane.
+    fn may_wait(
+        &self,
+        plan: &CallPlan,
+        customer: Option<CustomerId>,
+        rejection: &Rejection,
+    ) -> Option<(i32, String)> {
+        let overflow = &self.config.overflow;
         let queueable = match rejection.kind {
             Refusal::Cps => true,
             Refusal::Channels => overflow.queue_channels,
         };
         if overflow.queue.is_zero() || !queueable || self.queue.len() >= overflow.queue_depth {
-            return Err(rejection);
+            return None;
         }
-        let customer = ctx.customer.and_then(|c| config.customers.get(c));
+        let customer = customer.and_then(|c| self.config.customers.get(c));
         let (priority, lane) = customer.map_or((0, ""), |c| (c.priority, c.name.as_str()));
         if rejection.kind == Refusal::Cps {
             let cps = plan
@@ -202,20 +221,19 @@ impl Proxy {
             if let Some(cps) = cps.filter(|c| *c > 0) {
                 let ahead = self.queue.ahead_of(priority, lane) as f64 + 1.0;
                 if Duration::from_secs_f64(ahead / f64::from(cps)) > overflow.queue {
-                    return Err(rejection);
+                    return None;
                 }
             }
         }
-        let deadline = now + overflow.queue;
-        self.log_decision(ctx, None, &plan, "queued", Some(&rejection), count_cps, None);
-        let Some(id) = self.park(now, plan, ctx, msg, key, count_cps, rejection, out) else {
-            return Err(Rejection { key: LimitKey::server(), kind: Refusal::Channels });
-        };
-        let waiting = Waiting { id, since: now, deadline };
-        self.queue.push(priority, lane, waiting);
+        Some((priority, lane.to_string()))
+    }
+
+    /// Puts a parked call in the spike buffer.
+    fn wait_in_queue(&mut self, now: Instant, id: TxId, priority: i32, lane: &str) {
+        let deadline = now + self.config.overflow.queue;
+        self.queue.push(priority, lane, Waiting { id, since: now, deadline });
         Stats::bump(&self.stats.calls_queued);
         self.queue_changed(now);
-        Ok(())
     }
 
     /// Opens the transaction of a new call that must wait (spike buffer, or a shared store's
@@ -233,15 +251,7 @@ impl Proxy {
         out: &mut Vec<Action>,
     ) -> Option<TxId> {
         let id = self.new_tx(now, ctx.source, msg, key, Vec::new(), true)?;
-        let mut splice = crate::sip::edit::Splice::new(msg.buf);
-        if super::stamp::stamp(msg, ctx.source, &mut splice).is_some() {
-            let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
-            if let Some(tx) = self.txs.get_mut(&id) {
-                tx.last_response = Some(trying.clone());
-                let to = tx.reply_to;
-                self.send(out, to, trying, None, false);
-            }
-        }
+        self.send_trying(id, msg, out);
         let pending = PendingCall {
             plan,
             count_cps,
@@ -282,29 +292,18 @@ impl Proxy {
 
     /// A parked call the store refused: into the spike buffer if allowed, else answered.
     fn queue_or_refuse(&mut self, now: Instant, id: TxId, rejection: Rejection, out: &mut Vec<Action>) {
-        let config = self.config.clone();
-        let overflow = &config.overflow;
-        let queueable = match rejection.kind {
-            Refusal::Cps => true,
-            Refusal::Channels => overflow.queue_channels,
-        };
-        let customer = self
+        let lane = self
             .txs
             .get(&id)
             .and_then(|t| t.pending.as_ref())
-            .and_then(|p| p.customer)
-            .and_then(|c| config.customers.get(c));
-        let (priority, lane) = customer.map_or((0, ""), |c| (c.priority, c.name.as_str()));
+            .and_then(|p| self.may_wait(&p.plan, p.customer, &rejection));
         if let Some(p) = self.txs.get_mut(&id).and_then(|t| t.pending.as_mut()) {
             p.rejection = rejection;
         }
-        if !overflow.queue.is_zero() && queueable && self.queue.len() < overflow.queue_depth {
-            self.queue.push(priority, lane, Waiting { id, since: now, deadline: now + overflow.queue });
-            Stats::bump(&self.stats.calls_queued);
-            self.queue_changed(now);
-            return;
+        match lane {
+            Some((priority, lane)) => self.wait_in_queue(now, id, priority, &lane),
+            None => self.refuse_waiting(now, id, "rejected", out),
         }
-        self.refuse_waiting(now, id, "rejected", out);
     }
 
     /// Keeps the depth gauge current and the serving timer scheduled while calls wait.

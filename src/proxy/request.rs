@@ -269,17 +269,25 @@ impl Proxy {
         out: &mut Vec<Action>,
     ) -> Option<TxId> {
         let id = self.new_tx(now, source, msg, key, targets, creates_dialog)?;
-        let tx = self.txs.get_mut(&id)?;
-        if tx.is_invite {
-            let mut splice = crate::sip::edit::Splice::new(msg.buf);
-            super::stamp::stamp(msg, source, &mut splice)?;
-            let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
-            tx.last_response = Some(trying.clone());
-            let to = tx.reply_to;
-            self.send(out, to, trying, None, false);
+        if msg.method() == Some(Method::Invite) {
+            self.send_trying(id, msg, out);
         }
         self.next_branch(now, id, msg, out);
         Some(id)
+    }
+
+    /// `100 Trying` for an INVITE transaction, kept as its last response (a retransmitted
+    /// INVITE gets it again).
+    pub(super) fn send_trying(&mut self, id: TxId, msg: &Message<'_>, out: &mut Vec<Action>) {
+        let Some(tx) = self.txs.get_mut(&id) else { return };
+        let mut splice = crate::sip::edit::Splice::new(msg.buf);
+        if super::stamp::stamp(msg, tx.source, &mut splice).is_none() {
+            return;
+        }
+        let trying = Bytes::from(crate::sip::reply::response(msg, &mut splice, 100, "Trying", None, &[]));
+        tx.last_response = Some(trying.clone());
+        let to = tx.reply_to;
+        self.send(out, to, trying, None, false);
     }
 
     /// Creates and registers a transaction for a request, sending nothing.
