@@ -56,16 +56,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub async fn udp() -> Self {
-        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = s.local_addr().unwrap();
-        Self {
-            transport: Transport::Udp,
-            udp: Some(s),
-            tcp_listener: None,
-            tcp: None,
-            buf: Vec::new(),
-            local,
-        }
+        Self::udp_on("127.0.0.1").await
     }
 
     /// A UDP endpoint on a given loopback address (127.0.0.2, 127.0.0.3...: other "hosts").
