@@ -52,6 +52,22 @@ impl Server {
     /// Binds every listener. Port 0 picks a free port, shared by UDP and TCP on the same IP,
     /// and the config is rewritten with the real ports (they go into Via and Record-Route).
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        // A port picked for UDP may already be taken for TCP: pick again (port 0 only).
+        let picks_ports = config.listen.iter().any(|l| l.addr.port() == 0);
+        let mut attempt = 0;
+        loop {
+            match Self::bind_once(config.clone()).await {
+                Err(ServerError::Bind { source, .. })
+                    if picks_ports && attempt < 20 && source.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn bind_once(config: Config) -> Result<Self, ServerError> {
         let mut config = config;
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
