@@ -82,7 +82,7 @@ fn main() {
             channels: Some(200),
         }];
         let r = keys.admit(t, &d, true).expect("room");
-        keys.release(t, &r);
+        keys.release(t, r);
     }
     let per_key = rss_bytes().saturating_sub(before) / u64::from(n);
     println!(

@@ -88,14 +88,14 @@ proptest! {
                     now += Duration::from_millis(gap_ms);
                     if !active.is_empty() {
                         let (_, r) = active.remove(index % active.len());
-                        store.release(now, &r);
+                        store.release(now, r);
                     }
                 }
             }
             prop_assert_eq!(store.usage(now, &server).0 as usize, active.len());
         }
         for (_, r) in active.drain(..) {
-            store.release(now, &r);
+            store.release(now, r);
         }
         prop_assert_eq!(store.total_channels(), 0);
         store.evict_idle(now + Duration::from_secs(2));

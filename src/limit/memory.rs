@@ -120,12 +120,13 @@ impl Store for MemoryStore {
             guards[slot].commit(at, demands[i].cps, count_cps);
         }
         drop(guards);
-        Ok(Reservation { keys: order.iter().map(|i| demands[*i].key.clone()).collect(), token: None })
+        Ok(Reservation::new(order.iter().map(|i| demands[*i].key.clone()).collect(), None))
     }
 
-    fn release(&self, now: Instant, reservation: &Reservation) {
+    fn release(&self, now: Instant, reservation: Reservation) {
         let at = self.nanos(now);
-        for key in &reservation.keys {
+        let (keys, _) = reservation.take();
+        for key in &keys {
             if let Some(c) = self.keys.get(key) {
                 c.lock().release(at);
             }
@@ -162,9 +163,19 @@ mod tests {
             (1, 1),
             "the refused call took nothing from the server scope"
         );
-        s.release(t0, &r);
+        s.release(t0, r);
         assert_eq!(s.total_channels(), 0);
-        s.admit(t0, &demands, true).unwrap();
+        let again = s.admit(t0, &demands, true).unwrap();
+        s.release(t0, again);
+    }
+
+    #[test]
+    #[should_panic(expected = "reservation dropped without release")]
+    fn a_leaked_reservation_is_caught() {
+        let t0 = Instant::now();
+        let s = MemoryStore::new(t0);
+        let leaked = s.admit(t0, &[demand(LimitKey::server(), None, Some(1))], true).unwrap();
+        drop(leaked);
     }
 
     #[test]
@@ -175,10 +186,10 @@ mod tests {
             s.admit(t0, &[demand(LimitKey::ip("192.0.2.1".parse().unwrap()), Some(5), None)], true).unwrap();
         let b =
             s.admit(t0, &[demand(LimitKey::ip("192.0.2.2".parse().unwrap()), Some(5), None)], true).unwrap();
-        s.release(t0, &a);
+        s.release(t0, a);
         assert_eq!(s.evict_idle(t0 + Duration::from_millis(500)), 0, "still in the CPS window");
         assert_eq!(s.evict_idle(t0 + Duration::from_secs(2)), 1, "the idle one goes, the busy one stays");
-        s.release(t0, &b);
+        s.release(t0, b);
         assert_eq!(s.evict_idle(t0 + Duration::from_secs(3)), 1);
         assert!(s.is_empty());
     }

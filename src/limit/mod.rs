@@ -114,14 +114,68 @@ pub struct Demand {
     pub channels: Option<u32>,
 }
 
-/// Channels held by an admitted call, returned to the store exactly once when it ends.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Channels held by an admitted call. Move-only: the one way to give it back is
+/// [`Store::release`], which consumes it, so it cannot be released twice; dropping one that
+/// still holds keys is a leak, caught by a debug assertion (and logged in release builds).
+#[must_use = "a reservation holds channels until it is passed to Store::release"]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reservation {
     /// The keys counted in this node's memory (all of them for the in-memory store; this
     /// node's mirror of a shared reservation in cluster mode).
-    pub keys: Vec<LimitKey>,
+    keys: Vec<LimitKey>,
     /// The shared store's handle for the reservation (cluster mode), released idempotently.
-    pub token: Option<String>,
+    token: Option<String>,
+}
+
+impl Reservation {
+    /// Made only by stores, for what they have just counted.
+    pub(crate) fn new(keys: Vec<LimitKey>, token: Option<String>) -> Self {
+        Self { keys, token }
+    }
+
+    pub fn keys(&self) -> &[LimitKey] {
+        &self.keys
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    pub(crate) fn set_token(&mut self, token: String) {
+        self.token = Some(token);
+    }
+
+    /// Empties the reservation into what a store must give back; only stores call this,
+    /// inside `release`.
+    pub(crate) fn take(mut self) -> (Vec<LimitKey>, Option<String>) {
+        (std::mem::take(&mut self.keys), self.token.take())
+    }
+
+    /// Splits off the carrier/gateway keys (a failover moves them to another gateway).
+    pub(crate) fn split_egress(&mut self) -> Self {
+        let (egress, keep): (Vec<_>, Vec<_>) = self.keys.drain(..).partition(|k| k.scope.is_egress());
+        self.keys = keep;
+        Self { keys: egress, token: None }
+    }
+
+    /// Takes over the keys of another reservation of the same call (the failover's new
+    /// egress keys).
+    pub(crate) fn absorb(&mut self, mut other: Self) {
+        self.keys.append(&mut other.keys);
+        debug_assert!(other.token.is_none(), "a shared reservation cannot be merged");
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.keys.is_empty() && self.token.is_none() {
+            return;
+        }
+        if cfg!(debug_assertions) && !std::thread::panicking() {
+            panic!("reservation dropped without release: {:?}", self.keys);
+        }
+        tracing::error!(event = "limits.leak", keys = ?self.keys, "reservation dropped without release");
+    }
 }
 
 /// The limit that turned a call away.
@@ -138,8 +192,8 @@ pub trait Store: Send + Sync {
     /// counted (an INVITE re-sent with credentials after 401/407): it takes channels only.
     fn admit(&self, now: Instant, demands: &[Demand], count_cps: bool) -> Result<Reservation, Rejection>;
 
-    /// Returns the channels of a reservation.
-    fn release(&self, now: Instant, reservation: &Reservation);
+    /// Returns the channels of a reservation (consumed: a reservation is released once).
+    fn release(&self, now: Instant, reservation: Reservation);
 
     /// False while a shared store cannot be reached (limits then follow `on_failure`).
     fn healthy(&self) -> bool {

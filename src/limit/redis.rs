@@ -474,7 +474,7 @@ impl RedisStore {
                 Ok(Ok((0, _))) => {
                     return match self.local.admit(now, &unlimited(demands), count_cps) {
                         Ok(mut mirror) => {
-                            mirror.token = Some(id);
+                            mirror.set_token(id);
                             Remote::Admitted(i, mirror)
                         }
                         Err(r) => Remote::Rejected(r),
@@ -524,7 +524,7 @@ impl Store for RedisStore {
             match self.admit_shared(demands, count_cps, &id) {
                 Some(Ok(())) => {
                     let mut mirror = self.local.admit(now, &unlimited(demands), count_cps)?;
-                    mirror.token = Some(id);
+                    mirror.set_token(id);
                     return Ok(mirror);
                 }
                 Some(Err(rejection)) => return Err(rejection),
@@ -541,18 +541,21 @@ impl Store for RedisStore {
         }
     }
 
-    fn release(&self, now: Instant, reservation: &Reservation) {
-        self.local.release(now, reservation);
-        let Some(id) = &reservation.token else { return };
+    fn release(&self, now: Instant, reservation: Reservation) {
+        let (keys, token) = reservation.take();
+        let Some(id) = token else {
+            return self.local.release(now, Reservation::new(keys, None));
+        };
+        self.local.release(now, Reservation::new(keys.clone(), None));
         {
             let mut releasing = self.releasing.lock();
-            for key in &reservation.keys {
+            for key in &keys {
                 *releasing.entry(key.clone()).or_insert(0) += 1;
             }
         }
         // Never a Redis round trip on the SIP path: the worker sends it (or, while Redis
         // is away, the maintenance thread after it returns).
-        let release = Release { id: id.clone(), keys: reservation.keys.clone() };
+        let release = Release { id, keys };
         let unsent = match self.release_tx.lock().as_ref() {
             Some(tx) => tx.send(release).err().map(|e| e.0),
             None => Some(release),

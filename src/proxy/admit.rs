@@ -272,7 +272,7 @@ impl Proxy {
         if !waiting {
             // Cancelled (or gone) meanwhile: give back what the store reserved.
             if let Remote::Admitted(_, r) = answer {
-                self.limiter.release(now, &r);
+                self.limiter.release(now, r);
             }
             return;
         }
@@ -351,7 +351,7 @@ impl Proxy {
         out: &mut Vec<Action>,
     ) {
         let Some(tx) = self.txs.get_mut(&id) else {
-            self.limiter.release(now, &reservation);
+            self.limiter.release(now, reservation);
             return;
         };
         let Some(p) = tx.pending.take() else { return };
@@ -363,7 +363,7 @@ impl Proxy {
         let waited = from_queue.then(|| now.saturating_duration_since(p.since));
         self.on_admitted(now, &p.plan, &ctx, i, p.count_cps, waited);
         let Ok(msg) = crate::sip::parse(&request) else {
-            self.limiter.release(now, &reservation);
+            self.limiter.release(now, reservation);
             return;
         };
         self.next_branch(now, id, &msg, out);
@@ -456,10 +456,9 @@ impl Proxy {
         let Some(held) = dialog.reservation.as_mut() else { return true };
         match self.limiter.admit(now, egress, true) {
             Ok(new) => {
-                let (old, keep): (Vec<_>, Vec<_>) = held.keys.drain(..).partition(|k| k.scope.is_egress());
-                held.keys = keep;
-                held.keys.extend(new.keys);
-                self.limiter.release(now, &Reservation { keys: old, token: None });
+                let old = held.split_egress();
+                held.absorb(new);
+                self.limiter.release(now, old);
                 true
             }
             Err(r) => {

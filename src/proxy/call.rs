@@ -91,7 +91,7 @@ impl Proxy {
         }
         d.phase = Phase::Ending;
         if let Some(r) = d.reservation.take() {
-            self.limiter.release(now, &r);
+            self.limiter.release(now, r);
         }
         let old = d.expiry;
         d.expiry = self.timers.at(now + LINGER, Timer::DialogExpiry(call_id.to_vec()));
@@ -103,7 +103,7 @@ impl Proxy {
         if let Some(d) = self.dialogs.remove(call_id) {
             self.timers.cancel(d.expiry);
             if let Some(r) = d.reservation {
-                self.limiter.release(now, &r);
+                self.limiter.release(now, r);
             }
             tracing::debug!(event = "call.closed", call_id = %String::from_utf8_lossy(call_id), reason = ?why, "call record dropped");
         }

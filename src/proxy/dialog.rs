@@ -15,7 +15,7 @@ pub enum Phase {
     Ending,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Dialog {
     pub caller_tag: Bytes,
     pub callee_tag: Option<Bytes>,

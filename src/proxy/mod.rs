@@ -273,6 +273,19 @@ impl Proxy {
     }
 }
 
+impl Drop for Proxy {
+    /// A core that goes away (shutdown, a test's end) gives back what its calls hold, so no
+    /// reservation outlives the state that owned it.
+    fn drop(&mut self) {
+        let now = Instant::now();
+        for (_, d) in self.dialogs.drain() {
+            if let Some(r) = d.reservation {
+                self.limiter.release(now, r);
+            }
+        }
+    }
+}
+
 /// A status line the proxy answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Answer<'a> {

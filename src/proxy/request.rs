@@ -209,7 +209,7 @@ impl Proxy {
             return;
         };
         let Some(id) = self.open_tx(now, source, msg, key, targets, true, out) else {
-            self.limiter.release(now, &reservation);
+            self.limiter.release(now, reservation);
             return;
         };
         let first_target = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map_or(source, |b| b.target);
