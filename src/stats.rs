@@ -21,6 +21,8 @@ pub struct Stats {
     /// Responses or requests dropped because they belong to nothing (stray responses,
     /// ACKs for unknown dialogs).
     pub stray: AtomicU64,
+    /// Responses dropped because nothing they may answer matched, by [`Stray`].
+    pub stray_responses: [AtomicU64; Stray::ALL.len()],
     /// UDP datagrams dropped because the socket's send buffer stayed full.
     pub udp_send_dropped: AtomicU64,
     pub calls_admitted: AtomicU64,
@@ -48,7 +50,34 @@ pub struct Stats {
     pub gateways_down: DashMap<std::net::SocketAddr, ()>,
 }
 
+/// Why a response was dropped as stray (`sluice_stray_responses_total{why}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stray {
+    /// Its top Via's branch names no client transaction of ours (expired, or made up).
+    UnknownBranch,
+    /// It names a live branch but came from somewhere that branch was not sent to: forged.
+    WrongSource,
+    /// Its top Via is not ours, or nothing is left to forward it to.
+    NotOurs,
+}
+
+impl Stray {
+    pub const ALL: [Self; 3] = [Self::UnknownBranch, Self::WrongSource, Self::NotOurs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownBranch => "unknown_branch",
+            Self::WrongSource => "wrong_source",
+            Self::NotOurs => "not_ours",
+        }
+    }
+}
+
 impl Stats {
+    pub fn stray_response(&self, why: Stray) {
+        Self::bump(&self.stray_responses[why as usize]);
+    }
+
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

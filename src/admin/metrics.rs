@@ -109,6 +109,16 @@ fn build(admin: &Admin) -> Option<String> {
     malformed.with_label_values(&["udp"]).inc_by(get(&stats.malformed_udp) + get(&stats.oversize));
     malformed.with_label_values(&["tcp"]).inc_by(get(&stats.malformed_tcp));
 
+    let stray = counter(
+        &registry,
+        "sluice_stray_responses_total",
+        "Responses that matched nothing they may answer, dropped.",
+        &["why"],
+    )?;
+    for why in crate::stats::Stray::ALL {
+        stray.with_label_values(&[why.as_str()]).inc_by(get(&stats.stray_responses[why as usize]));
+    }
+
     let queue = IntGauge::new("sluice_queue_depth", "INVITEs waiting in the spike buffer.").ok()?;
     queue.set(get(&stats.queue_depth) as i64);
     registry.register(Box::new(queue)).ok()?;

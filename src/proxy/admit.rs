@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::dialog::CallKey;
 use super::timer::{LINGER, Timer};
 use super::transaction::{Target, TxId};
 use super::{Action, Proxy};
@@ -73,7 +74,8 @@ impl Proxy {
         key: Vec<u8>,
     ) -> Option<(Vec<Target>, Reservation)> {
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
-        let count_cps = !self.take_challenge(ctx.call_id, from_tag);
+        let call = CallKey::new(ctx.call_id, from_tag);
+        let count_cps = !self.take_challenge(&call);
         if self.limiter.asynchronous() {
             // A shared store: no round trip on the SIP path. The call waits (100 Trying)
             // for the store's answer, which arrives through on_admission.
@@ -262,7 +264,11 @@ impl Proxy {
             rejection,
             since: now,
         };
-        self.txs.get_mut(&id)?.pending = Some(Box::new(pending));
+        let tx = self.txs.get_mut(&id)?;
+        tx.pending = Some(Box::new(pending));
+        if let Some(call) = tx.call.clone() {
+            self.parked.insert(call, id);
+        }
         Some(id)
     }
 
@@ -270,6 +276,7 @@ impl Proxy {
     pub fn on_admission(&mut self, now: Instant, id: TxId, answer: Remote, out: &mut Vec<Action>) {
         let waiting = self.txs.get(&id).is_some_and(|t| t.pending.is_some() && !t.final_sent());
         if !waiting {
+            self.unpark(id);
             // Cancelled (or gone) meanwhile: give back what the store reserved.
             if let Remote::Admitted(_, r) = answer {
                 self.limiter.release(now, r);
@@ -350,11 +357,14 @@ impl Proxy {
         from_queue: bool,
         out: &mut Vec<Action>,
     ) {
+        let Some(p) = self.take_pending(id) else {
+            self.limiter.release(now, reservation);
+            return;
+        };
         let Some(tx) = self.txs.get_mut(&id) else {
             self.limiter.release(now, reservation);
             return;
         };
-        let Some(p) = tx.pending.take() else { return };
         let mut targets = targets_from(&p.plan, i);
         targets.reverse();
         tx.remaining = targets;
@@ -366,9 +376,9 @@ impl Proxy {
             self.limiter.release(now, reservation);
             return;
         };
+        let call = CallKey::new(&call_id, &p.from_tag);
+        self.open_call(now, call, &p.from_tag, source, source, reservation);
         self.next_branch(now, id, &msg, out);
-        let first = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map_or(source, |b| b.target);
-        self.open_call(now, &call_id, &p.from_tag, source, first, reservation);
     }
 
     /// A waiting call's deadline passed: it gets the answer of the limit that held it.
@@ -379,7 +389,7 @@ impl Proxy {
 
     /// Answers a parked call with the refusal of the limit that held it.
     fn refuse_waiting(&mut self, now: Instant, id: TxId, decision: &str, out: &mut Vec<Action>) {
-        let Some(p) = self.txs.get_mut(&id).and_then(|t| t.pending.take()) else { return };
+        let Some(p) = self.take_pending(id) else { return };
         let Some(tx) = self.txs.get(&id) else { return };
         let (source, call_id) = (tx.source, tx.call_id.clone());
         let ctx = p.context(&call_id, source);
@@ -393,7 +403,7 @@ impl Proxy {
     /// CANCEL of a waiting call: out of the buffer; it never reaches a carrier and holds
     /// nothing. True if the call was waiting.
     pub(super) fn cancel_waiting(&mut self, now: Instant, id: TxId) -> bool {
-        let waiting = self.txs.get_mut(&id).and_then(|t| t.pending.take()).is_some();
+        let waiting = self.take_pending(id).is_some();
         if waiting {
             self.queue.remove(id);
             self.queue_changed(now);
@@ -448,11 +458,11 @@ impl Proxy {
 
     /// On failover to another gateway: give back the current carrier/gateway channels and
     /// reserve the new ones. False when the new gateway (or its carrier) has no room.
-    pub(super) fn move_egress(&mut self, now: Instant, call_id: &[u8], egress: &[Demand; 2]) -> bool {
+    pub(super) fn move_egress(&mut self, now: Instant, call: &CallKey, egress: &[Demand; 2]) -> bool {
         if !self.limiter.moves_egress() {
             return true;
         }
-        let Some(dialog) = self.dialogs.get_mut(call_id) else { return true };
+        let Some(dialog) = self.dialogs.get_mut(call) else { return true };
         let Some(held) = dialog.reservation.as_mut() else { return true };
         match self.limiter.admit(now, egress, true) {
             Ok(new) => {
@@ -462,7 +472,7 @@ impl Proxy {
                 true
             }
             Err(r) => {
-                tracing::info!(event = "call.failover_full", call_id = %String::from_utf8_lossy(call_id), key = %r.key, "failover gateway has no room");
+                tracing::info!(event = "call.failover_full", call_id = %String::from_utf8_lossy(call.call_id()), key = %r.key, "failover gateway has no room");
                 false
             }
         }
@@ -470,25 +480,35 @@ impl Proxy {
 
     /// Remembers that a new call was challenged (401/407): the INVITE re-sent with
     /// credentials is the same call and takes no second CPS slot.
-    pub(super) fn remember_challenge(&mut self, now: Instant, call_id: &Bytes, from_tag: &[u8]) {
-        let timer = self.timers.at(now + LINGER, Timer::ChallengeExpiry(call_id.to_vec()));
-        if let Some((_, old)) =
-            self.challenged.insert(call_id.clone(), (Bytes::copy_from_slice(from_tag), timer))
-        {
+    pub(super) fn remember_challenge(&mut self, now: Instant, call: CallKey) {
+        let timer = self.timers.at(now + LINGER, Timer::ChallengeExpiry(call.clone()));
+        if let Some(old) = self.challenged.insert(call, timer) {
             self.timers.cancel(old);
         }
     }
 
-    /// True (once) when this INVITE answers a recent challenge for the same Call-ID and From tag.
-    fn take_challenge(&mut self, call_id: &[u8], from_tag: &[u8]) -> bool {
-        match self.challenged.get(call_id) {
-            Some((tag, _)) if tag.as_ref() == from_tag => {}
-            _ => return false,
-        }
-        if let Some((_, timer)) = self.challenged.remove(call_id) {
-            self.timers.cancel(timer);
-        }
+    /// True (once) when this INVITE answers a recent challenge of the same call (Call-ID
+    /// and From tag).
+    fn take_challenge(&mut self, call: &CallKey) -> bool {
+        let Some(timer) = self.challenged.remove(call) else { return false };
+        self.timers.cancel(timer);
         true
+    }
+
+    /// Takes a parked call's admission state (it is admitted, refused or cancelled now).
+    fn take_pending(&mut self, id: TxId) -> Option<Box<PendingCall>> {
+        let p = self.txs.get_mut(&id)?.pending.take()?;
+        self.unpark(id);
+        Some(p)
+    }
+
+    /// Forgets that transaction `id` parks a call.
+    fn unpark(&mut self, id: TxId) {
+        if let Some(call) = self.txs.get(&id).and_then(|t| t.call.clone()) {
+            if self.parked.get(&call) == Some(&id) {
+                self.parked.remove(&call);
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

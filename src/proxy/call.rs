@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Proxy;
-use super::dialog::{Dialog, Phase};
+use super::dialog::{CallKey, Dialog, Direction, Phase};
 use super::timer::{LINGER, Timer};
 use crate::limit::Reservation;
 use crate::peer::Peer;
@@ -27,22 +27,22 @@ pub(super) enum CallEnd {
 }
 
 impl Proxy {
+    /// Starts tracking an admitted call. The caller checked with [`Proxy::call_in_use`] that
+    /// no live call has this key; a record still lingering after its BYE is replaced.
     pub(super) fn open_call(
         &mut self,
         now: Instant,
-        call_id: &[u8],
+        call: CallKey,
         caller_tag: &[u8],
         caller: Peer,
         callee: Peer,
         reservation: Reservation,
     ) {
-        let call_id = Bytes::copy_from_slice(call_id);
-        if self.dialogs.contains_key(&call_id) {
-            // A new INVITE reusing a Call-ID replaces the old record (and its timer).
-            self.drop_call(now, &call_id, CallEnd::Failed);
+        if self.dialogs.contains_key(&call) {
+            self.drop_call(now, &call, CallEnd::Hangup);
         }
         let deadline = now + self.config.limits.max_call;
-        let expiry = self.timers.at(deadline, Timer::DialogExpiry(call_id.to_vec()));
+        let expiry = self.timers.at(deadline, Timer::DialogExpiry(call.clone()));
         let dialog = Dialog {
             caller_tag: Bytes::copy_from_slice(caller_tag),
             callee_tag: None,
@@ -53,11 +53,32 @@ impl Proxy {
             deadline,
             reservation: Some(reservation),
         };
-        self.dialogs.insert(call_id, dialog);
+        self.dialogs.insert(call, dialog);
     }
 
-    pub(super) fn confirm_call(&mut self, call_id: &[u8], to_tag: Option<Bytes>, callee: Option<Peer>) {
-        let Some(d) = self.dialogs.get_mut(call_id) else { return };
+    /// The tracked call an in-dialog request belongs to and which way it goes: from the
+    /// caller its From tag is the call's key, from the callee its To tag is.
+    pub(super) fn find_call(
+        &self,
+        call_id: &[u8],
+        from_tag: &[u8],
+        to_tag: &[u8],
+    ) -> Option<(CallKey, Direction)> {
+        [from_tag, to_tag].into_iter().find_map(|tag| {
+            let key = CallKey::new(call_id, tag);
+            let direction = self.dialogs.get(&key)?.direction(from_tag, to_tag)?;
+            Some((key, direction))
+        })
+    }
+
+    /// True when a new INVITE for `call` would collide with a live call of the same key (or
+    /// one waiting for admission): it must be refused, never replace that call.
+    pub(super) fn call_in_use(&self, call: &CallKey) -> bool {
+        self.parked.contains_key(call) || self.dialogs.get(call).is_some_and(|d| d.phase != Phase::Ending)
+    }
+
+    pub(super) fn confirm_call(&mut self, call: &CallKey, to_tag: Option<Bytes>, callee: Option<Peer>) {
+        let Some(d) = self.dialogs.get_mut(call) else { return };
         if d.phase != Phase::Early {
             return;
         }
@@ -66,26 +87,26 @@ impl Proxy {
         if let Some(c) = callee {
             d.callee = c;
         }
-        tracing::debug!(event = "call.answered", call_id = %String::from_utf8_lossy(call_id), "2xx");
+        tracing::debug!(event = "call.answered", call_id = %String::from_utf8_lossy(call.call_id()), "2xx");
     }
 
     /// A 2xx carried `Session-Expires` (RFC 4028): the call ends unless refreshed within that
     /// interval (plus 32 s of grace for the refresh in flight), never after its deadline.
-    pub(super) fn refresh_session(&mut self, now: Instant, call_id: &[u8], seconds: u32) {
-        let Some(d) = self.dialogs.get_mut(call_id) else { return };
+    pub(super) fn refresh_session(&mut self, now: Instant, call: &CallKey, seconds: u32) {
+        let Some(d) = self.dialogs.get_mut(call) else { return };
         if d.phase != Phase::Confirmed {
             return;
         }
         let at = (now + Duration::from_secs(u64::from(seconds)) + LINGER).min(d.deadline);
         let old = d.expiry;
-        d.expiry = self.timers.at(at, Timer::DialogExpiry(call_id.to_vec()));
+        d.expiry = self.timers.at(at, Timer::DialogExpiry(call.clone()));
         self.timers.cancel(old);
     }
 
     /// A BYE was seen: the channels are free now; the record stays for the BYE's
     /// transaction, then goes.
-    pub(super) fn hangup_call(&mut self, now: Instant, call_id: &[u8]) {
-        let Some(d) = self.dialogs.get_mut(call_id) else { return };
+    pub(super) fn hangup_call(&mut self, now: Instant, call: &CallKey) {
+        let Some(d) = self.dialogs.get_mut(call) else { return };
         if d.phase == Phase::Ending {
             return;
         }
@@ -94,18 +115,18 @@ impl Proxy {
             self.limiter.release(now, r);
         }
         let old = d.expiry;
-        d.expiry = self.timers.at(now + LINGER, Timer::DialogExpiry(call_id.to_vec()));
+        d.expiry = self.timers.at(now + LINGER, Timer::DialogExpiry(call.clone()));
         self.timers.cancel(old);
     }
 
     /// The one exit of a call record; releases its channels if the BYE did not already.
-    pub(super) fn drop_call(&mut self, now: Instant, call_id: &[u8], why: CallEnd) {
-        if let Some(d) = self.dialogs.remove(call_id) {
+    pub(super) fn drop_call(&mut self, now: Instant, call: &CallKey, why: CallEnd) {
+        if let Some(d) = self.dialogs.remove(call) {
             self.timers.cancel(d.expiry);
             if let Some(r) = d.reservation {
                 self.limiter.release(now, r);
             }
-            tracing::debug!(event = "call.closed", call_id = %String::from_utf8_lossy(call_id), reason = ?why, "call record dropped");
+            tracing::debug!(event = "call.closed", call_id = %String::from_utf8_lossy(call.call_id()), reason = ?why, "call record dropped");
         }
     }
 }

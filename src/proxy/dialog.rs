@@ -6,6 +6,36 @@ use bytes::Bytes;
 
 use crate::peer::Peer;
 
+/// A call as RFC 3261 identifies its dialog from the proxy's seat: the Call-ID and the
+/// caller's From tag (the callee's tag is learned from the 2xx). Two INVITEs with one Call-ID
+/// and different From tags are two calls: neither can end, replace or release the other.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey(Box<[u8]>);
+
+impl CallKey {
+    pub fn new(call_id: &[u8], caller_tag: &[u8]) -> Self {
+        // Length-prefixed, so no Call-ID/tag pair can spell another pair's key.
+        let len = u32::try_from(call_id.len()).unwrap_or(u32::MAX);
+        let mut key = Vec::with_capacity(4 + call_id.len() + caller_tag.len());
+        key.extend_from_slice(&len.to_be_bytes());
+        key.extend_from_slice(call_id);
+        key.extend_from_slice(caller_tag);
+        Self(key.into_boxed_slice())
+    }
+
+    /// The Call-ID part, for logs.
+    pub fn call_id(&self) -> &[u8] {
+        let len = self.0.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
+        self.0.get(4..4 + len as usize).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for CallKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallKey({})", String::from_utf8_lossy(self.call_id()))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// INVITE forwarded, no 2xx yet.

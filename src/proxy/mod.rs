@@ -33,10 +33,10 @@ use crate::limit::customers::CustomerIndex;
 use crate::limit::plan::Planner;
 use crate::peer::Peer;
 use crate::sip::edit::Splice;
-use crate::sip::{Message, reply};
+use crate::sip::{HeaderName, Message, reply};
 use crate::stats::Stats;
 use crate::usage::UsageTracker;
-use dialog::Dialog;
+use dialog::{CallKey, Dialog};
 use identity::Identity;
 use timer::Timers;
 use transaction::{Tx, TxId};
@@ -78,11 +78,12 @@ pub struct Proxy {
     by_server: HashMap<Vec<u8>, TxId>,
     /// Branch id of the current client branch to transaction.
     by_branch: HashMap<Vec<u8>, TxId>,
-    /// Tracked dialogs by Call-ID.
-    dialogs: HashMap<Bytes, Dialog>,
+    /// Tracked calls by Call-ID and caller tag.
+    dialogs: HashMap<CallKey, Dialog>,
     timers: Timers,
     seq: u64,
-    seed: u64,
+    /// Keys branches and tags (a caller cannot predict them).
+    secret: branch::Secret,
     draining: bool,
     stats: Arc<Stats>,
     warn: ratelog::RateLog,
@@ -90,8 +91,11 @@ pub struct Proxy {
     limiter: Arc<dyn Store>,
     planner: Planner,
     customers: CustomerIndex,
-    /// New calls recently challenged (401/407), by Call-ID: From tag and expiry timer.
-    challenged: HashMap<Bytes, (Bytes, timer::TimerKey)>,
+    /// New calls recently challenged (401/407): their expiry timers.
+    challenged: HashMap<CallKey, timer::TimerKey>,
+    /// New calls parked for admission (spike buffer or a cluster answer), so a second
+    /// INVITE of the same call cannot slip in beside them.
+    parked: HashMap<CallKey, TxId>,
     /// The spike buffer: new calls waiting for a slot (`[overflow] queue_ms`).
     queue: crate::limit::queue::SpikeQueue<TxId>,
     queue_timer: Option<timer::TimerKey>,
@@ -117,6 +121,7 @@ impl Proxy {
             planner: Planner::new(&config),
             customers: CustomerIndex::new(&config),
             challenged: HashMap::new(),
+            parked: HashMap::new(),
             queue: Default::default(),
             queue_timer: None,
             backoff: HashMap::new(),
@@ -129,7 +134,7 @@ impl Proxy {
             dialogs: HashMap::new(),
             timers: Timers::default(),
             seq: 0,
-            seed,
+            secret: branch::Secret::new(seed),
             draining: false,
             stats,
             warn: ratelog::RateLog::new(20),
@@ -233,6 +238,11 @@ impl Proxy {
         self.backoff.insert(gateway, now + for_how_long);
     }
 
+    /// The call with this Call-ID and caller tag, if tracked.
+    fn call(&self, call_id: &[u8], caller_tag: &[u8]) -> Option<&Dialog> {
+        self.dialogs.get(&CallKey::new(call_id, caller_tag))
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
@@ -263,13 +273,10 @@ impl Proxy {
         Some(data)
     }
 
-    /// The To tag the proxy uses when it answers `msg` itself: stable per Call-ID and CSeq.
+    /// The To tag the proxy uses when it answers `msg` itself: stable per Call-ID, From tag
+    /// and CSeq (a retransmission gets the same one), keyed so nobody else can compute it.
     fn tag_for(&self, msg: &Message<'_>) -> Vec<u8> {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut h = DefaultHasher::new();
-        msg.call_id().hash(&mut h);
-        msg.cseq().map(|(n, _)| n).hash(&mut h);
-        branch::token(self.seed, h.finish())
+        branch::token(&self.secret, (msg.call_id(), msg.tag(HeaderName::From), msg.cseq().map(|(n, _)| n)))
     }
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::admit::CallContext;
-use super::dialog::{Direction, Phase};
+use super::dialog::{CallKey, Direction, Phase};
 use super::forward::{self, RequestEdits};
 use super::sanity::{self, Refusal};
 use super::timer::{T1, Timer};
@@ -186,6 +186,17 @@ impl Proxy {
             self.reply(msg, source, Answer::new(503, "Server Overloaded"), &[("Retry-After", b"5")], out);
             return;
         }
+        let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
+        let call = CallKey::new(call_id, from_tag);
+        if self.call_in_use(&call) {
+            // RFC 3261 §8.2.2.2: a new INVITE of a call that is already up (or waiting) is a
+            // merged request. It is refused; it never replaces or releases the live call.
+            if self.warn.allow(now) {
+                tracing::info!(event = "call.merged", call_id = %String::from_utf8_lossy(call_id), source = %source, "new INVITE for a live call's Call-ID and From tag");
+            }
+            self.reply(msg, source, Answer::new(482, "Loop Detected"), &[], out);
+            return;
+        }
         let route_ref = RouteRef { customer: own_routes.and(customer), index };
         let plan = self.planner.plan(customer, ip, user, route_ref, number);
         if plan.candidates.is_empty() {
@@ -193,7 +204,6 @@ impl Proxy {
             self.reply(msg, source, Answer::new(404, "Not Found"), &[], out);
             return;
         }
-        let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let mut plan = plan;
         if self.config.overflow.emergency.iter().any(|n| n.as_bytes() == number) {
             // Emergency numbers are never queued or refused by a limit; still counted.
@@ -213,7 +223,7 @@ impl Proxy {
             return;
         };
         let first_target = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map_or(source, |b| b.target);
-        self.open_call(now, call_id, from_tag, source, first_target, reservation);
+        self.open_call(now, call, from_tag, source, first_target, reservation);
     }
 
     /// A request inside a dialog the proxy tracks: sent to the other side's peer. Anything
@@ -230,10 +240,10 @@ impl Proxy {
         let call_id = msg.call_id().unwrap_or_default();
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let method = msg.method().unwrap_or(Method::Other);
-        let Some(dialog) = self.dialogs.get_mut(call_id) else {
+        let Some((call, direction)) = self.find_call(call_id, from_tag, to_tag) else {
             return self.no_dialog(now, source, msg, out);
         };
-        let Some(direction) = dialog.direction(from_tag, to_tag) else {
+        let Some(dialog) = self.dialogs.get(&call) else {
             return self.no_dialog(now, source, msg, out);
         };
         let target = match direction {
@@ -241,10 +251,14 @@ impl Proxy {
             Direction::ToCaller => dialog.caller,
         };
         if method == Method::Bye {
-            self.hangup_call(now, call_id);
+            self.hangup_call(now, &call);
             tracing::debug!(event = "call.hangup", call_id = %String::from_utf8_lossy(call_id), by = ?direction, "BYE");
         }
-        self.open_tx(now, source, msg, key, vec![Target::plain(target)], false, out);
+        if let Some(id) = self.open_tx(now, source, msg, key, vec![Target::plain(target)], false, out) {
+            if let Some(tx) = self.txs.get_mut(&id) {
+                tx.call = Some(call);
+            }
+        }
     }
 
     fn no_dialog(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
@@ -311,6 +325,9 @@ impl Proxy {
             id,
             is_invite: msg.method() == Some(Method::Invite),
             call_id: Bytes::copy_from_slice(msg.call_id().unwrap_or_default()),
+            call: creates_dialog.then(|| {
+                CallKey::new(msg.call_id().unwrap_or_default(), msg.tag(HeaderName::From).unwrap_or_default())
+            }),
             server_key: key.clone(),
             source,
             reply_to,
@@ -342,7 +359,7 @@ impl Proxy {
         out: &mut Vec<Action>,
     ) -> bool {
         let seq = self.next_seq();
-        let hash = branch::loop_hash(msg);
+        let hash = branch::loop_hash(&self.secret, msg);
         let Some(tx) = self.txs.get_mut(&id) else {
             return false;
         };
@@ -355,8 +372,8 @@ impl Proxy {
         }
         if let Some(egress) = next.egress {
             // A failover target: its carrier and gateway limits must have room too.
-            let call_id = tx.call_id.clone();
-            if !self.move_egress(now, &call_id, &egress) {
+            let call = tx.call.clone();
+            if call.is_some_and(|c| !self.move_egress(now, &c, &egress)) {
                 return self.next_branch(now, id, msg, out);
             }
         }
@@ -367,7 +384,7 @@ impl Proxy {
             old.settle(&mut self.timers);
             self.by_branch.remove(&old.id);
         }
-        let branch_id = branch::make(hash, seq);
+        let branch_id = branch::make(&self.secret, hash, seq);
         let record_route = tx.creates_dialog;
         let source = tx.source;
         let (data, _) = forward::request(
@@ -394,7 +411,7 @@ impl Proxy {
         if target.transport == Transport::Udp {
             self.timers.at(now + T1, Timer::Retransmit(id, number));
         }
-        if let Some(d) = self.dialogs.get_mut(&tx.call_id) {
+        if let Some(d) = tx.call.as_ref().and_then(|c| self.dialogs.get_mut(c)) {
             if tx.creates_dialog && d.phase == Phase::Early {
                 d.callee = target;
             }
@@ -440,8 +457,9 @@ impl Proxy {
             return;
         };
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
-        let Some(target) = self.dialogs.get(call_id).and_then(|d| {
-            d.direction(from_tag, to_tag).map(|dir| match dir {
+        let Some(target) = self.find_call(call_id, from_tag, to_tag).and_then(|(call, dir)| {
+            let d = self.dialogs.get(&call)?;
+            Some(match dir {
                 Direction::ToCallee => d.callee,
                 Direction::ToCaller => d.caller,
             })
@@ -450,7 +468,7 @@ impl Proxy {
             return;
         };
         let seq = self.next_seq();
-        let branch_id = branch::make(branch::loop_hash(msg), seq);
+        let branch_id = branch::make(&self.secret, branch::loop_hash(&self.secret, msg), seq);
         let (data, _) = forward::request(
             msg,
             source,
@@ -522,7 +540,7 @@ impl Proxy {
                     continue;
                 }
                 if let Some(theirs) = v.branch.and_then(branch::hash_of) {
-                    if *hash.get_or_insert_with(|| branch::loop_hash(msg)) == theirs {
+                    if *hash.get_or_insert_with(|| branch::loop_hash(&self.secret, msg)) == theirs {
                         return true;
                     }
                 }

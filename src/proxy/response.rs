@@ -13,7 +13,7 @@ use super::transaction::{ClientState, ServerState, TxId};
 use super::{Action, Proxy};
 use crate::peer::{Peer, Transport};
 use crate::sip::{HeaderName, Message, via};
-use crate::stats::Stats;
+use crate::stats::{Stats, Stray};
 
 impl Proxy {
     pub(super) fn on_response(
@@ -24,17 +24,27 @@ impl Proxy {
         out: &mut Vec<Action>,
     ) {
         let status = msg.status().unwrap_or(0);
-        if !self.stats.gateways_down.is_empty() {
-            self.stats.gateways_down.remove(&source.addr);
-        }
         let top = msg.first(HeaderName::Via).and_then(|h| via::parse_first(msg.bytes(h.value)));
         let Some(top) = top.filter(|v| self.me.is_my_via(v.host, v.port)) else {
-            return self.stray(now, source, msg, "response whose top Via is not ours");
+            return self.stray(now, source, msg, Stray::NotOurs);
         };
         let Some((_, cseq_method)) = msg.cseq() else {
-            return self.stray(now, source, msg, "response without CSeq");
+            return self.stray(now, source, msg, Stray::NotOurs);
         };
         let id = top.branch.and_then(|b| self.by_branch.get(b).copied());
+        if let Some(id) = id {
+            // A response may only come from where its branch went: anyone else who learned
+            // the branch must not decide the call, fail it over or back off a gateway.
+            let target = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map(|b| b.target);
+            if target.is_none_or(|t| !self.answers_for(source, t)) {
+                return self.stray(now, source, msg, Stray::WrongSource);
+            }
+            if !self.stats.gateways_down.is_empty() {
+                if let Some(t) = target {
+                    self.stats.gateways_down.remove(&t.addr);
+                }
+            }
+        }
         if cseq_method == b"CANCEL" {
             // The gateway's answer to our CANCEL: stop retransmitting it.
             if let Some(branch) = id.and_then(|id| self.txs.get_mut(&id)).and_then(|t| t.branch.as_mut()) {
@@ -47,20 +57,51 @@ impl Proxy {
         if !has_second_via(msg) {
             // RFC 3261 §16.7 step 3: a response with no Via beyond ours was meant for this
             // proxy (only answers to our own CANCEL are, handled above); it is never forwarded.
-            return self.stray(now, source, msg, "response with no Via beyond ours");
+            return self.stray(now, source, msg, Stray::NotOurs);
         }
         let Some(id) = id else {
-            if (200..300).contains(&status) && cseq_method == b"INVITE" {
-                // A 2xx retransmission after the transaction ended still travels end to end.
+            if (200..300).contains(&status) && cseq_method == b"INVITE" && self.is_callee_of(source, msg) {
+                // A 2xx retransmission after the transaction ended still travels end to end,
+                // but only from the callee of a call we track (never a relay for anyone).
                 return self.forward_stateless(now, source, msg, out);
             }
-            return self.stray(now, source, msg, "response for no transaction");
+            return self.stray(now, source, msg, Stray::UnknownBranch);
         };
         match status {
             100..=199 => self.provisional(now, id, status, msg, out),
             200..=299 => self.success(now, id, msg, out),
             _ => self.failure(now, id, status, msg, out),
         }
+    }
+
+    /// Whether a response from `source` may answer a request sent to `target`: the same
+    /// transport and address (UDP: address and port), over TCP also the very connection or
+    /// any connection from that host, and any address of the same carrier (a multi-homed
+    /// carrier answering from another of its configured gateways).
+    fn answers_for(&self, source: Peer, target: Peer) -> bool {
+        if source.transport != target.transport {
+            return false;
+        }
+        if source.addr == target.addr {
+            return true;
+        }
+        if source.transport == Transport::Tcp
+            && (target.conn.is_some_and(|c| source.conn == Some(c)) || source.addr.ip() == target.addr.ip())
+        {
+            return true;
+        }
+        self.config.carriers.iter().any(|c| {
+            let has = |addr: std::net::SocketAddr| c.gateways.iter().any(|g| g.addr == addr);
+            has(target.addr) && has(source.addr)
+        })
+    }
+
+    /// True when `source` is the callee side of the call a 2xx names (its Call-ID and tags).
+    fn is_callee_of(&self, source: Peer, msg: &Message<'_>) -> bool {
+        let (Some(call_id), Some(from_tag)) = (msg.call_id(), msg.tag(HeaderName::From)) else {
+            return false;
+        };
+        self.call(call_id, from_tag).is_some_and(|d| self.answers_for(source, d.callee))
     }
 
     fn provisional(&mut self, now: Instant, id: TxId, status: u16, msg: &Message<'_>, out: &mut Vec<Action>) {
@@ -124,14 +165,16 @@ impl Proxy {
                 self.by_branch.remove(&b.id);
             }
             let (creates_dialog, refreshes) = (tx.is_invite && tx.creates_dialog, tx.refreshes_session);
-            let call_id = tx.call_id.clone();
-            if creates_dialog {
-                let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
-                self.confirm_call(&call_id, to_tag, branch.as_ref().map(|b| b.target));
-            }
-            if creates_dialog || refreshes {
-                if let Some(seconds) = session_expires(msg) {
-                    self.refresh_session(now, &call_id, seconds);
+            let call = tx.call.clone();
+            if let Some(call) = call {
+                if creates_dialog {
+                    let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
+                    self.confirm_call(&call, to_tag, branch.as_ref().map(|b| b.target));
+                }
+                if creates_dialog || refreshes {
+                    if let Some(seconds) = session_expires(msg) {
+                        self.refresh_session(now, &call, seconds);
+                    }
                 }
             }
         }
@@ -204,10 +247,8 @@ impl Proxy {
             return;
         };
         if (status == 401 || status == 407) && tx.creates_dialog {
-            let (call_id, request) = (tx.call_id.clone(), tx.request.clone());
-            if let Ok(original) = crate::sip::parse(&request) {
-                let from_tag = original.tag(HeaderName::From).unwrap_or_default();
-                self.remember_challenge(now, &call_id, from_tag);
+            if let Some(call) = tx.call.clone() {
+                self.remember_challenge(now, call);
             }
         }
         let data = Bytes::from(forward::response(msg));
@@ -225,7 +266,7 @@ impl Proxy {
         tx.request = Bytes::new();
         let to = tx.reply_to;
         let (is_invite, creates_dialog) = (tx.is_invite, tx.creates_dialog);
-        let call_id = tx.call_id.clone();
+        let call = tx.call.clone();
         if is_invite && to.transport == Transport::Udp {
             tx.final_interval = T1;
             self.timers.at(now + T1, Timer::ResendFinal(id));
@@ -233,8 +274,10 @@ impl Proxy {
         let linger =
             if to.transport == Transport::Udp || is_invite { LINGER } else { std::time::Duration::ZERO };
         self.timers.at(now + linger, Timer::Forget(id));
-        if creates_dialog && self.dialogs.get(&call_id).is_some_and(|d| d.phase == Phase::Early) {
-            self.drop_call(now, &call_id, CallEnd::Failed);
+        if let Some(call) =
+            call.filter(|c| creates_dialog && self.dialogs.get(c).is_some_and(|d| d.phase == Phase::Early))
+        {
+            self.drop_call(now, &call, CallEnd::Failed);
         }
         self.send(out, to, data, None, false);
     }
@@ -253,16 +296,17 @@ impl Proxy {
         let Some(target) = next.as_ref().and_then(|v| {
             v.response_target().map(|addr| if v.is_tcp() { Peer::tcp(addr, None) } else { Peer::udp(addr) })
         }) else {
-            return self.stray(now, source, msg, "no Via to forward the response to");
+            return self.stray(now, source, msg, Stray::NotOurs);
         };
         let data = Bytes::from(forward::response(msg));
         self.send(out, target, data, None, false);
     }
 
-    fn stray(&mut self, now: Instant, source: Peer, msg: &Message<'_>, why: &'static str) {
+    fn stray(&mut self, now: Instant, source: Peer, msg: &Message<'_>, why: Stray) {
         Stats::bump(&self.stats.stray);
+        self.stats.stray_response(why);
         if self.warn.allow(now) {
-            tracing::debug!(event = "sip.stray", source = %source, call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), why, "dropped");
+            tracing::info!(event = "sip.stray_response", source = %source, call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), why = why.as_str(), "response dropped");
         }
     }
 }

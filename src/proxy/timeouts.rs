@@ -21,15 +21,15 @@ impl Proxy {
             Timer::ResendCancel(id, n) => self.resend_cancel(now, id, n, out),
             Timer::Forget(id) => self.forget(id),
             Timer::ServeQueue => self.serve_queue(now, out),
-            Timer::ChallengeExpiry(call_id) => {
-                self.challenged.remove(&call_id[..]);
+            Timer::ChallengeExpiry(call) => {
+                self.challenged.remove(&call);
             }
-            Timer::DialogExpiry(call_id) => {
-                let why = match self.dialogs.get(&call_id[..]).map(|d| d.phase) {
+            Timer::DialogExpiry(call) => {
+                let why = match self.dialogs.get(&call).map(|d| d.phase) {
                     Some(super::dialog::Phase::Ending) => CallEnd::Hangup,
                     _ => CallEnd::Expired,
                 };
-                self.drop_call(now, &call_id, why);
+                self.drop_call(now, &call, why);
             }
         }
     }

@@ -34,11 +34,11 @@ pub enum Timer {
     /// Timers H/I/J/L: forget the transaction.
     Forget(TxId),
     /// A dialog's lifetime (max_call_seconds, or the linger after BYE) ran out.
-    DialogExpiry(Vec<u8>),
+    DialogExpiry(super::dialog::CallKey),
     /// Offer the spike buffer's waiting calls to the limiter again.
     ServeQueue,
-    /// A remembered 401/407 challenge (Call-ID) is forgotten.
-    ChallengeExpiry(Vec<u8>),
+    /// A remembered 401/407 challenge (of this call) is forgotten.
+    ChallengeExpiry(super::dialog::CallKey),
 }
 
 /// Identifies a scheduled timer, for cancelling it.

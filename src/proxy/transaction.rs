@@ -93,6 +93,9 @@ pub struct Tx {
     pub id: TxId,
     pub is_invite: bool,
     pub call_id: Bytes,
+    /// The tracked call this transaction belongs to (its initial INVITE, or a request
+    /// inside it), if any.
+    pub call: Option<super::dialog::CallKey>,
     pub server_key: Vec<u8>,
     /// Who sent the request (for the Via stamp on every branch).
     pub source: Peer,

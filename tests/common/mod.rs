@@ -101,6 +101,22 @@ impl Endpoint {
         }
     }
 
+    /// A TCP client endpoint connected to `to` from a given loopback address (another host).
+    pub async fn tcp_client_from(ip: &str, to: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        let s = socket.connect(to).await.unwrap();
+        let local = s.local_addr().unwrap();
+        Self {
+            transport: Transport::Tcp,
+            udp: None,
+            tcp_listener: None,
+            tcp: Some(s),
+            buf: Vec::new(),
+            local,
+        }
+    }
+
     pub fn uri(&self) -> String {
         format!("{}://{}", if self.transport == Transport::Udp { "udp" } else { "tcp" }, self.local)
     }
