@@ -59,6 +59,7 @@ fn per_invite(c: &mut Criterion) {
                 out: Transport::Udp,
                 branch: b"z9hG4bKsl0123456789abcdef.1",
                 record_route: true,
+                own_realm: None,
             };
             let (out, _) = forward::request(&m, source, &me, &edits);
             black_box((route.carriers.len(), out))

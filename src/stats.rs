@@ -23,6 +23,8 @@ pub struct Stats {
     pub stray: AtomicU64,
     /// Responses dropped because nothing they may answer matched, by [`Stray`].
     pub stray_responses: [AtomicU64; Stray::ALL.len()],
+    /// sluice's own digest authentication, by [`AuthResult`].
+    pub auth: [AtomicU64; AuthResult::ALL.len()],
     /// UDP datagrams dropped because the socket's send buffer stayed full.
     pub udp_send_dropped: AtomicU64,
     pub calls_admitted: AtomicU64,
@@ -73,7 +75,33 @@ impl Stray {
     }
 }
 
+/// `sluice_auth_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Challenged,
+    Ok,
+    Failed,
+    Stale,
+}
+
+impl AuthResult {
+    pub const ALL: [Self; 4] = [Self::Challenged, Self::Ok, Self::Failed, Self::Stale];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Challenged => "challenged",
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Stale => "stale",
+        }
+    }
+}
+
 impl Stats {
+    pub fn auth(&self, result: AuthResult) {
+        Self::bump(&self.auth[result as usize]);
+    }
+
     pub fn stray_response(&self, why: Stray) {
         Self::bump(&self.stray_responses[why as usize]);
     }

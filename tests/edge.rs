@@ -129,3 +129,187 @@ async fn a_reused_call_id_is_another_call_and_cannot_bypass_channels() {
     assert_eq!(channels(&running), 0);
     running.stop().await;
 }
+
+/// `[auth]` with one user (acme/secret, both algorithms) in a credentials file.
+fn auth_config(pbx: &str, dir: &std::path::Path, extra: &str) -> String {
+    use sluice::auth::Verifier;
+    let file = dir.join("credentials");
+    std::fs::write(
+        &file,
+        format!(
+            "acme:sluice:{}\nacme:sluice:{}\n",
+            Verifier::ha1(false, "acme", "sluice", "secret"),
+            Verifier::ha1(true, "acme", "sluice", "secret")
+        ),
+    )
+    .unwrap();
+    config_with(
+        &[pbx.to_string()],
+        "",
+        &format!(
+            "[auth]\nrealm = \"sluice\"\ncredentials = \"{}\"\nrequire = \"unknown\"\n\
+             [[customer]]\nname = \"acme\"\nusers = [\"acme\"]\ncps = 2\n{extra}",
+            file.display()
+        ),
+    )
+}
+
+fn with_credentials(inv: &str, value: &str) -> String {
+    inv.replacen("Max-Forwards: 70\r\n", &format!("Max-Forwards: 70\r\nProxy-Authorization: {value}\r\n"), 1)
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_claimed_username_is_challenged_and_only_a_proven_one_counts() {
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    let seen = spawn_pbx(pbx, Pbx::Answer);
+    let dir = temp_dir("auth");
+    let running = start(&auth_config(&uri, &dir, "")).await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut caller = Endpoint::udp().await;
+    let acme = LimitKey::text(sluice::limit::Scope::Customer, &std::sync::Arc::from("acme"));
+    let acme_channels =
+        |r: &sluice::server::Running| r.shared.limits.usage(tokio::time::Instant::now(), &acme).0;
+
+    // A forged claim: "I am acme", with made-up digest values. Challenged, never forwarded,
+    // and it took none of acme's CPS.
+    let forged =
+        "Digest username=\"acme\", realm=\"sluice\", nonce=\"0.0.00\", uri=\"sip:100@x\", response=\"0\"";
+    for i in 0..5 {
+        let inv =
+            with_credentials(&invite(&caller, &format!("claim-{i}"), &format!("c{i}"), "100", proxy), forged);
+        caller.send(proxy, inv.as_bytes()).await;
+        let (m, _) = caller.expect("SIP/2.0 407").await;
+        assert_eq!(headers(&m, "Proxy-Authenticate").len(), 2, "SHA-256 and MD5 offered: {m}");
+    }
+    assert_eq!(count(&seen, "INVITE"), 0, "no forged claim reached the PBX");
+    assert_eq!(acme_channels(&running), 0, "nothing counted as acme");
+
+    // The real acme: challenged, answers with the password, admitted as acme (acme has
+    // cps = 2: had the five forgeries counted, this call would be refused).
+    let inv = invite(&caller, "real", "r1", "100", proxy);
+    caller.send(proxy, inv.as_bytes()).await;
+    let (challenge, _) = caller.expect("SIP/2.0 407").await;
+    let offer = headers(&challenge, "Proxy-Authenticate")[0].to_string();
+    assert!(offer.contains("algorithm=SHA-256"), "{offer}");
+    let request_uri = inv.split(' ').nth(1).unwrap().to_string();
+    let answer =
+        sluice::auth::Verifier::answer(&offer, "acme", "secret", "INVITE", &request_uri, "cn1").unwrap();
+    let authed = with_credentials(
+        &inv.replace("branch=z9hG4bKr1", "branch=z9hG4bKr2").replace("CSeq: 1", "CSeq: 2"),
+        &answer,
+    );
+    let authed = authed.replacen(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nProxy-Authorization: Digest username=\"pbxuser\", realm=\"pbx\", nonce=\"p\", uri=\"x\", response=\"1\"\r\n",
+        1,
+    );
+    caller.send(proxy, authed.as_bytes()).await;
+    caller.expect("SIP/2.0 200").await;
+    assert_eq!(acme_channels(&running), 1, "the proven call counts once, as acme");
+    let forwarded = seen.lock().unwrap().iter().find(|m| m.starts_with("INVITE ")).cloned().unwrap();
+    assert!(!forwarded.contains("realm=\"sluice\""), "sluice's credentials never reach the PBX: {forwarded}");
+    assert!(forwarded.contains("realm=\"pbx\""), "credentials for another realm pass untouched");
+
+    // The captured answer replayed on a new call: challenged again, not admitted.
+    let replay = with_credentials(&invite(&caller, "replay", "rp", "100", proxy), &answer);
+    caller.send(proxy, replay.as_bytes()).await;
+    caller.expect("SIP/2.0 407").await;
+    assert_eq!(count(&seen, "INVITE"), 1);
+    let ok = |r: sluice::stats::AuthResult| running.shared.stats.auth[r as usize].load(Ordering::Relaxed);
+    assert_eq!(ok(sluice::stats::AuthResult::Ok), 1);
+    assert!(ok(sluice::stats::AuthResult::Failed) >= 6);
+    running.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn wrong_passwords_end_in_403() {
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    let seen = spawn_pbx(pbx, Pbx::Answer);
+    let dir = temp_dir("auth403");
+    let running = start(&auth_config(&uri, &dir, "")).await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut caller = Endpoint::udp().await;
+    let inv = invite(&caller, "guess", "g0", "100", proxy);
+    let request_uri = inv.split(' ').nth(1).unwrap().to_string();
+    caller.send(proxy, inv.as_bytes()).await;
+    let (mut challenge, _) = caller.expect("SIP/2.0 407").await;
+    let mut last = 0;
+    for i in 1..=3 {
+        let offer = headers(&challenge, "Proxy-Authenticate")[1].to_string();
+        let answer =
+            sluice::auth::Verifier::answer(&offer, "acme", "guess", "INVITE", &request_uri, "x").unwrap();
+        let again =
+            with_credentials(&inv.replace("branch=z9hG4bKg0", &format!("branch=z9hG4bKg{i}")), &answer);
+        caller.send(proxy, again.as_bytes()).await;
+        let (m, _) = caller.expect("SIP/2.0 4").await;
+        last = status(&m);
+        challenge = m;
+    }
+    assert_eq!(last, 403, "the third wrong answer is refused outright");
+    assert_eq!(count(&seen, "INVITE"), 0);
+    running.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn unknown_proxy_require_gets_420_and_nothing_is_forwarded() {
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    let seen = spawn_pbx(pbx, Pbx::Answer);
+    let running = start(&config_with(&[uri], "", "")).await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut caller = Endpoint::udp().await;
+    let inv = invite(&caller, "ext", "e1", "100", proxy).replacen(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nProxy-Require: foo, bar\r\n",
+        1,
+    );
+    caller.send(proxy, inv.as_bytes()).await;
+    let (m, _) = caller.expect("SIP/2.0 4").await;
+    assert!(m.starts_with("SIP/2.0 420 Bad Extension"), "{m}");
+    assert_eq!(header(&m, "Unsupported"), Some("foo, bar"));
+    assert_eq!(count(&seen, "INVITE"), 0);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn own_final_answers_are_retransmitted_until_ack_and_count_only_invites() {
+    // No route for this number: sluice answers 404 itself. Over UDP that answer is an INVITE
+    // server transaction's: re-sent (Timer G) until the ACK comes.
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    let cfg = format!(
+        "[server]\nlisten = [\"udp://127.0.0.1:0\"]\n[log]\nlevel = \"warn\"\n[[carrier]]\nname = \"pbx\"\ngateways = [\"{uri}\"]\n[[route]]\nprefix = \"44\"\ncarriers = [\"pbx\"]\n"
+    );
+    let running = start(&cfg).await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut caller = Endpoint::udp().await;
+    let inv = invite(&caller, "unrouted", "u1", "100", proxy);
+    caller.send(proxy, inv.as_bytes()).await;
+    let mut copies = 0;
+    while let Some((m, _)) = caller.recv_within(Duration::from_millis(1700)).await {
+        assert!(m.starts_with("SIP/2.0 404"), "{m}");
+        copies += 1;
+    }
+    assert!(copies >= 3, "404 at 0, 0.5 and 1.5 s (Timer G), got {copies}");
+    let ack = in_dialog("ACK", &caller, "sip:100@x", "unrouted", "caller-unrouted", "x", 1, &[], "u1")
+        .replace("To: <sip:y@example.com>;tag=x", "To: <sip:100@x>;tag=x");
+    caller.send(proxy, ack.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(caller.recv_within(Duration::from_millis(2500)).await.is_none(), "ACK stopped the re-sends");
+    // An OPTIONS to an unrouted number is not a call: no_route counts INVITEs only.
+    let options = invite(&caller, "opt", "o1", "100", proxy).replace("INVITE", "OPTIONS");
+    caller.send(proxy, options.as_bytes()).await;
+    caller.expect("SIP/2.0 404").await;
+    assert_eq!(running.shared.stats.calls_no_route.load(Ordering::Relaxed), 1);
+    running.stop().await;
+}

@@ -93,7 +93,7 @@ fn torture_outcomes() {
         ("unkscm", Answered(416), "unknown Request-URI scheme"),
         ("novelsc", Answered(416), "unknown Request-URI scheme"),
         ("unksm2", Forwarded, "unknown scheme only in To"),
-        ("bext01", Forwarded, "Require is for the UAS, not the proxy"),
+        ("bext01", Answered(420), "Proxy-Require names options no proxy supports (RFC 4475 §3.3.7)"),
         ("invut", Forwarded, "unknown Content-Type is for the UAS"),
         ("regaut01", Forwarded, "REGISTER with credentials"),
         ("multi01", Answered(400), "two Call-IDs, CSeqs, Froms, Tos"),

@@ -119,6 +119,11 @@ fn build(admin: &Admin) -> Option<String> {
         stray.with_label_values(&[why.as_str()]).inc_by(get(&stats.stray_responses[why as usize]));
     }
 
+    let auth = counter(&registry, "sluice_auth_total", "sluice's own digest authentication.", &["result"])?;
+    for result in crate::stats::AuthResult::ALL {
+        auth.with_label_values(&[result.as_str()]).inc_by(get(&stats.auth[result as usize]));
+    }
+
     let queue = IntGauge::new("sluice_queue_depth", "INVITEs waiting in the spike buffer.").ok()?;
     queue.set(get(&stats.queue_depth) as i64);
     registry.register(Box::new(queue)).ok()?;

@@ -26,6 +26,8 @@ pub(crate) struct File {
     pub(crate) overflow: Overflow,
     pub(crate) usage: Option<Usage>,
     pub(crate) cluster: Option<Cluster>,
+    pub(crate) auth: Option<Auth>,
+    pub(crate) flood: Option<Flood>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +36,8 @@ pub(crate) struct Server {
     pub(crate) listen: Vec<String>,
     pub(crate) advertise: Option<String>,
     pub(crate) admin: Option<String>,
+    #[serde(default)]
+    pub(crate) admin_token: String,
     #[serde(default = "yes")]
     pub(crate) allow_unknown: bool,
     #[serde(default = "default_gateway_timeout_ms")]
@@ -210,6 +214,40 @@ pub(crate) struct Cluster {
     pub(crate) heartbeat_ms: u64,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Auth {
+    pub(crate) realm: String,
+    pub(crate) credentials: PathBuf,
+    #[serde(default)]
+    pub(crate) require: AuthRequire,
+    #[serde(default = "default_nonce_seconds")]
+    pub(crate) nonce_seconds: u64,
+}
+
+/// Which sources must authenticate to sluice itself (`[auth] require`).
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthRequire {
+    /// Sources whose address matches no customer.
+    #[default]
+    Unknown,
+    All,
+    /// Nobody; credentials for sluice's realm are verified when present.
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Flood {
+    #[serde(default)]
+    pub(crate) rps: u32,
+    #[serde(default = "default_block_seconds")]
+    pub(crate) block_seconds: u64,
+    #[serde(default)]
+    pub(crate) trusted: Vec<IpNet>,
+}
+
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
@@ -263,6 +301,12 @@ fn default_redis_timeout_ms() -> u64 {
 }
 fn default_heartbeat_ms() -> u64 {
     10_000
+}
+fn default_nonce_seconds() -> u64 {
+    300
+}
+fn default_block_seconds() -> u64 {
+    60
 }
 fn default_nodes() -> u32 {
     1

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{LogFormat, OnFailure, Pair};
+pub use file::{AuthRequire, LogFormat, OnFailure, Pair};
 use ipnet::IpNet;
 use locate::Seg;
 
@@ -181,6 +181,47 @@ pub struct Cluster {
     pub heartbeat: Duration,
 }
 
+/// Digest authentication by sluice itself (`[auth]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub realm: String,
+    /// The htdigest file; read at load and on every reload.
+    pub credentials_file: PathBuf,
+    /// The file's users of `realm` and their HA1s.
+    pub credentials: crate::auth::Credentials,
+    pub require: AuthRequire,
+    pub nonce_lifetime: Duration,
+}
+
+/// Per-source request-rate protection (`[flood]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flood {
+    /// Requests per second from one IP above which it is blocked; 0 = off.
+    pub rps: u32,
+    pub block: Duration,
+    pub trusted: Vec<IpNet>,
+}
+
+/// Upper bounds of the file's durations and counts: every value the proxy adds to a clock or
+/// sizes memory with stays far from any overflow. `check` and `run` refuse larger values.
+pub mod bounds {
+    pub const GATEWAY_TIMEOUT_MS: u64 = 300_000;
+    pub const DRAIN_SECONDS: u64 = 3_600;
+    pub const MAX_CALL_SECONDS: u64 = 604_800;
+    pub const RETRY_AFTER: u32 = 86_400;
+    pub const QUEUE_MS: u64 = 60_000;
+    pub const QUEUE_DEPTH: usize = 1_000_000;
+    pub const WINDOW_DAYS: u32 = 366;
+    pub const HEARTBEAT_MS: u64 = 600_000;
+    pub const NODES: u32 = 1_000;
+    pub const NONCE_SECONDS: u64 = 86_400;
+    pub const BLOCK_SECONDS: u64 = 86_400;
+    pub const RPS: u32 = 10_000_000;
+    /// A CPS limit keeps one timestamp per admission in the last second (8 bytes each).
+    pub const CPS: u32 = 1_000_000;
+    pub const CHANNELS: u32 = 100_000_000;
+}
+
 /// A validated configuration. Built only by [`Config::parse`]/[`Config::load`], so every
 /// reference (carrier names in routes, listeners for gateway transports) is known to resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +244,10 @@ pub struct Config {
     pub overflow: Overflow,
     pub usage: Usage,
     pub cluster: Option<Cluster>,
+    pub auth: Option<Auth>,
+    pub flood: Option<Flood>,
+    /// Bearer token the admin API requires on every path but GET /health; `None`: no token.
+    pub admin_token: Option<String>,
 }
 
 /// Collects errors with their key paths while validating.
@@ -319,8 +364,28 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             .map_err(|_| e.push(&[Key("server"), Key("admin")], format!("`{text}` is not HOST:PORT")))
             .ok()
     });
-    if raw.server.gateway_timeout_ms < 100 {
-        e.push(&[Key("server"), Key("gateway_timeout_ms")], "must be at least 100");
+    if !(100..=bounds::GATEWAY_TIMEOUT_MS).contains(&raw.server.gateway_timeout_ms) {
+        e.push(
+            &[Key("server"), Key("gateway_timeout_ms")],
+            format!("must be between 100 and {}", bounds::GATEWAY_TIMEOUT_MS),
+        );
+    }
+    at_most(e, &[Key("server"), Key("drain_seconds")], raw.server.drain_seconds, bounds::DRAIN_SECONDS);
+    if !(1..=bounds::MAX_CALL_SECONDS).contains(&raw.limits.max_call_seconds) {
+        e.push(
+            &[Key("limits"), Key("max_call_seconds")],
+            format!("must be between 1 and {} (7 days)", bounds::MAX_CALL_SECONDS),
+        );
+    }
+    check_pair(e, &[Key("limits")], Pair { cps: raw.limits.cps, channels: raw.limits.channels });
+    for (name, pair) in [("per_ip", raw.limits.per_ip), ("per_user", raw.limits.per_user)] {
+        if let Some(p) = pair {
+            check_pair(e, &[Key("limits"), Key(name)], p);
+        }
+    }
+    let admin_token = (!raw.server.admin_token.is_empty()).then(|| raw.server.admin_token.clone());
+    if admin_token.as_ref().is_some_and(|t| t.len() < 16 || t.bytes().any(|b| !b.is_ascii_graphic())) {
+        e.push(&[Key("server"), Key("admin_token")], "must be at least 16 visible ASCII characters");
     }
     if !(1024..=1 << 20).contains(&raw.server.max_message_bytes) {
         e.push(&[Key("server"), Key("max_message_bytes")], "must be between 1024 and 1048576");
@@ -361,6 +426,12 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
                 Err(msg) => e.push(&path, msg),
             }
         }
+        check_pair(e, &[Key("carrier"), Index(ci)], Pair { cps: c.cps, channels: c.channels });
+        check_pair(
+            e,
+            &[Key("carrier"), Index(ci)],
+            Pair { cps: c.gateway_cps, channels: c.gateway_channels },
+        );
         carriers.push(Carrier {
             name: c.name.clone(),
             gateways,
@@ -401,6 +472,12 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
                 );
             }
         }
+        check_pair(e, &[Key("customer"), Index(ci)], Pair { cps: c.cps, channels: c.channels });
+        for (name, pair) in [("per_ip", c.per_ip), ("per_user", c.per_user)] {
+            if let Some(p) = pair {
+                check_pair(e, &[Key("customer"), Index(ci), Key(name)], p);
+            }
+        }
         let own = [Key("customer"), Index(ci), Key("route")];
         let routes = (!c.route.is_empty()).then(|| route_table(&c.route, &carriers, &own, e));
         customers.push(Customer {
@@ -428,6 +505,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         if !numbers.insert(number.clone()) {
             e.push(&[Key("did"), Index(di), Key("number")], format!("`{}` is listed twice", d.number));
         }
+        check_pair(e, &[Key("did"), Index(di)], Pair { cps: d.cps, channels: d.channels });
         dids.push(Did { number, limits: Pair { cps: d.cps, channels: d.channels } });
     }
 
@@ -440,21 +518,34 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             e.push(&[Key("overflow"), Key(name)], "must be a non-empty phrase without control characters");
         }
     }
+    let mut redirect = Vec::with_capacity(o.redirect.len());
     for (i, contact) in o.redirect.iter().enumerate() {
-        let body = contact.trim_start_matches('<').trim_end_matches('>');
-        if crate::sip::uri::Uri::parse(body.as_bytes()).is_err()
-            || contact.bytes().any(|b| b.is_ascii_control())
-        {
-            e.push(&[Key("overflow"), Key("redirect"), Index(i)], format!("`{contact}` is not a SIP URI"));
+        match redirect_contact(contact) {
+            Some(c) => redirect.push(c),
+            None => e.push(
+                &[Key("overflow"), Key("redirect"), Index(i)],
+                format!("`{contact}` is not a sip:, sips: or tel: URI or name-addr"),
+            ),
         }
     }
     if o.queue_depth == 0 && o.queue_ms > 0 {
         e.push(&[Key("overflow"), Key("queue_depth")], "must be at least 1 when queue_ms is set");
     }
+    at_most(e, &[Key("overflow"), Key("queue_ms")], o.queue_ms, bounds::QUEUE_MS);
+    at_most(e, &[Key("overflow"), Key("queue_depth")], o.queue_depth as u64, bounds::QUEUE_DEPTH as u64);
+    at_most(
+        e,
+        &[Key("overflow"), Key("retry_after")],
+        u64::from(o.retry_after),
+        u64::from(bounds::RETRY_AFTER),
+    );
     let usage = match &raw.usage {
         Some(u) => {
-            if u.window_days == 0 {
-                e.push(&[Key("usage"), Key("window_days")], "must be at least 1");
+            if !(1..=bounds::WINDOW_DAYS).contains(&u.window_days) {
+                e.push(
+                    &[Key("usage"), Key("window_days")],
+                    format!("must be between 1 and {}", bounds::WINDOW_DAYS),
+                );
             }
             Usage { state_file: u.state_file.clone(), window_days: u.window_days }
         }
@@ -464,8 +555,8 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         if !(c.redis.starts_with("redis://") || c.redis.starts_with("rediss://")) {
             e.push(&[Key("cluster"), Key("redis")], "must be a redis:// URL");
         }
-        if c.nodes == 0 {
-            e.push(&[Key("cluster"), Key("nodes")], "must be at least 1");
+        if !(1..=bounds::NODES).contains(&c.nodes) {
+            e.push(&[Key("cluster"), Key("nodes")], format!("must be between 1 and {}", bounds::NODES));
         }
         let node = c.node.clone().unwrap_or_else(host_name);
         if node.is_empty() {
@@ -474,8 +565,11 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         if !(1..=5000).contains(&c.timeout_ms) {
             e.push(&[Key("cluster"), Key("timeout_ms")], "must be between 1 and 5000");
         }
-        if c.heartbeat_ms < 50 {
-            e.push(&[Key("cluster"), Key("heartbeat_ms")], "must be at least 50");
+        if !(50..=bounds::HEARTBEAT_MS).contains(&c.heartbeat_ms) {
+            e.push(
+                &[Key("cluster"), Key("heartbeat_ms")],
+                format!("must be between 50 and {}", bounds::HEARTBEAT_MS),
+            );
         }
         Cluster {
             redis: c.redis.clone(),
@@ -484,6 +578,22 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             nodes: c.nodes,
             timeout: Duration::from_millis(c.timeout_ms),
             heartbeat: Duration::from_millis(c.heartbeat_ms),
+        }
+    });
+
+    let auth = raw.auth.as_ref().map(|a| auth_section(a, e));
+    let flood = raw.flood.as_ref().map(|f| {
+        at_most(e, &[Key("flood"), Key("rps")], u64::from(f.rps), u64::from(bounds::RPS));
+        if !(1..=bounds::BLOCK_SECONDS).contains(&f.block_seconds) {
+            e.push(
+                &[Key("flood"), Key("block_seconds")],
+                format!("must be between 1 and {}", bounds::BLOCK_SECONDS),
+            );
+        }
+        Flood {
+            rps: f.rps,
+            block: Duration::from_secs(f.block_seconds),
+            trusted: f.trusted.iter().map(IpNet::trunc).collect(),
         }
     });
 
@@ -513,7 +623,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             cps_reason: o.cps_reason.clone(),
             channels_reason: o.channels_reason.clone(),
             retry_after: o.retry_after,
-            redirect: o.redirect.clone(),
+            redirect,
             queue: Duration::from_millis(o.queue_ms),
             queue_depth: o.queue_depth,
             queue_channels: o.queue_channels,
@@ -521,6 +631,96 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         },
         usage,
         cluster,
+        auth,
+        flood,
+        admin_token,
+    }
+}
+
+/// A 302 Contact as it goes on the wire: a name-addr (`"Alt" <sip:...>`) as written, a bare
+/// URI in angle brackets, so its `;parameters` stay URI parameters (RFC 3261 §20.10).
+fn redirect_contact(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() || text.bytes().any(|b| b.is_ascii_control()) {
+        return None;
+    }
+    if text.contains('<') {
+        let na = crate::sip::name_addr::NameAddr::parse(text.as_bytes())?;
+        crate::sip::uri::Uri::parse(text.as_bytes().get(na.uri.clone())?).ok()?;
+        return Some(text.to_string());
+    }
+    if text.contains(['>', ',', ' ', '"']) {
+        return None;
+    }
+    crate::sip::uri::Uri::parse(text.as_bytes()).ok()?;
+    Some(format!("<{text}>"))
+}
+
+/// `value <= max`, else an error naming the bound.
+fn at_most(e: &mut Errors<'_>, path: &[Seg], value: u64, max: u64) {
+    if value > max {
+        e.push(path, format!("must be at most {max}"));
+    }
+}
+
+/// A table's `cps` / `channels` within the bounds the limiter is sized for.
+fn check_pair(e: &mut Errors<'_>, base: &[Seg], pair: Pair) {
+    let at = |key| {
+        let mut p = base.to_vec();
+        p.push(Key(key));
+        p
+    };
+    if let Some(cps) = pair.cps {
+        at_most(e, &at("cps"), u64::from(cps), u64::from(bounds::CPS));
+    }
+    if let Some(channels) = pair.channels {
+        at_most(e, &at("channels"), u64::from(channels), u64::from(bounds::CHANNELS));
+    }
+}
+
+/// `[auth]`: the realm, the credentials file (read now; a reload reads it again) and the
+/// nonce lifetime.
+fn auth_section(a: &file::Auth, e: &mut Errors<'_>) -> Auth {
+    if a.realm.is_empty() || a.realm.bytes().any(|b| b == b'"' || b == b'\\' || b.is_ascii_control()) {
+        e.push(
+            &[Key("auth"), Key("realm")],
+            "must be non-empty, without quotes, backslashes or control characters",
+        );
+    }
+    if !(1..=bounds::NONCE_SECONDS).contains(&a.nonce_seconds) {
+        e.push(
+            &[Key("auth"), Key("nonce_seconds")],
+            format!("must be between 1 and {}", bounds::NONCE_SECONDS),
+        );
+    }
+    let credentials = match std::fs::read_to_string(&a.credentials) {
+        Ok(text) => match crate::auth::credentials::parse(&text, &a.realm) {
+            Ok(map) => map,
+            Err(line) => {
+                e.push(
+                    &[Key("auth"), Key("credentials")],
+                    format!(
+                        "{}:{line}: not `user:realm:HA1` with a 32 or 64 hex digit HA1",
+                        a.credentials.display()
+                    ),
+                );
+                crate::auth::Credentials::default()
+            }
+        },
+        Err(err) => {
+            e.push(
+                &[Key("auth"), Key("credentials")],
+                format!("cannot read {}: {err}", a.credentials.display()),
+            );
+            crate::auth::Credentials::default()
+        }
+    };
+    Auth {
+        realm: a.realm.clone(),
+        credentials_file: a.credentials.clone(),
+        credentials,
+        require: a.require,
+        nonce_lifetime: Duration::from_secs(a.nonce_seconds),
     }
 }
 
@@ -647,6 +847,36 @@ mod tests {
         assert_eq!(c.routes.lookup(b"44201").unwrap().1.carriers, vec![0, 1]);
         assert_eq!(c.routes.lookup(b"1555").unwrap().1.prefix, "");
         assert_eq!(c.routes.lookup(b"4").unwrap().1.prefix, "");
+    }
+
+    #[test]
+    fn durations_no_clock_can_hold_are_refused() {
+        let base = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\ngateway_timeout_ms = 9223372036854775807\ndrain_seconds = 9223372036854775807\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n[limits]\nmax_call_seconds = 9223372036854775807\ncps = 4000000000\n[overflow]\nqueue_ms = 9223372036854775807\nretry_after = 4000000000\n";
+        let errs = Config::parse("t.toml", base).unwrap_err().0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "server.gateway_timeout_ms",
+            "server.drain_seconds",
+            "limits.max_call_seconds",
+            "limits.cps",
+            "overflow.queue_ms",
+            "overflow.retry_after",
+        ] {
+            assert!(keys.contains(&key), "{key} not refused: {errs:?}");
+        }
+        assert!(errs.iter().all(|e| e.line.is_some()), "every error names its line: {errs:?}");
+    }
+
+    #[test]
+    fn redirect_contacts_are_uris_in_angle_brackets() {
+        let text = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n[overflow]\nredirect = [\"sip:alt.example.net;transport=tcp\", \"\\\"Alt\\\" <sip:b.example.net>;q=0.5\"]\n";
+        let c = Config::parse("t.toml", text).unwrap();
+        assert_eq!(
+            c.overflow.redirect,
+            vec!["<sip:alt.example.net;transport=tcp>", "\"Alt\" <sip:b.example.net>;q=0.5"]
+        );
+        let bad = text.replace("sip:alt.example.net;transport=tcp", "http://x");
+        assert_eq!(Config::parse("t.toml", &bad).unwrap_err().0[0].key, "overflow.redirect[0]");
     }
 
     #[test]

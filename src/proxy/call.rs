@@ -97,7 +97,10 @@ impl Proxy {
         if d.phase != Phase::Confirmed {
             return;
         }
-        let at = (now + Duration::from_secs(u64::from(seconds)) + LINGER).min(d.deadline);
+        // A caller-chosen interval: checked, never an overflow (it is capped by the deadline).
+        let at = now
+            .checked_add(Duration::from_secs(u64::from(seconds)).saturating_add(LINGER))
+            .map_or(d.deadline, |t| t.min(d.deadline));
         let old = d.expiry;
         d.expiry = self.timers.at(at, Timer::DialogExpiry(call.clone()));
         self.timers.cancel(old);

@@ -23,6 +23,11 @@ impl CallKey {
         Self(key.into_boxed_slice())
     }
 
+    /// The key's bytes (what a nonce is bound to).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The Call-ID part, for logs.
     pub fn call_id(&self) -> &[u8] {
         let len = self.0.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);

@@ -19,6 +19,9 @@ pub struct RequestEdits<'a> {
     pub branch: &'a [u8],
     /// Record-Route this request (dialog-creating INVITE).
     pub record_route: bool,
+    /// sluice's own `[auth]` realm: Proxy-Authorization for it was meant for sluice and is
+    /// removed (credentials for other realms pass untouched, RFC 3261 §22.3).
+    pub own_realm: Option<&'a str>,
 }
 
 /// The forwarded copy of a request received from `source`. Also returns where responses
@@ -70,6 +73,13 @@ pub fn request(
         out.extend_from_slice(crlf);
     });
     pop_my_routes(msg, me, &mut s);
+    if let Some(realm) = edits.own_realm {
+        for h in msg.all(HeaderName::ProxyAuthorization) {
+            if crate::auth::digest::realm_of(msg.bytes(h.value)) == Some(realm.as_bytes()) {
+                s.remove(h.line.range());
+            }
+        }
+    }
     if msg.content_length.is_none() && edits.out == Transport::Tcp {
         let at = msg.body_start - crlf.len();
         let len = msg.body.end - msg.body.start;
@@ -191,7 +201,7 @@ v=0\r\ntrailing-garbage";
             &m,
             src,
             &me(),
-            &RequestEdits { out: Transport::Udp, branch: b"z9hG4bKslX", record_route: true },
+            &RequestEdits { out: Transport::Udp, branch: b"z9hG4bKslX", record_route: true, own_realm: None },
         );
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -219,8 +229,12 @@ v=0\r"
         let raw = "MESSAGE sip:1@h SIP/2.0\nv: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1\nf: <sip:a@x>;tag=f\nt: <sip:1@x>\ni: c\nCSeq: 1 MESSAGE\n\nhello";
         let m = parse(raw.as_bytes()).unwrap();
         let src = Peer::udp("192.0.2.10:5060".parse().unwrap());
-        let (out, _) =
-            request(&m, src, &me(), &RequestEdits { out: Transport::Tcp, branch: b"b", record_route: true });
+        let (out, _) = request(
+            &m,
+            src,
+            &me(),
+            &RequestEdits { out: Transport::Tcp, branch: b"b", record_route: true, own_realm: None },
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains(

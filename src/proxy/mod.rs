@@ -7,6 +7,7 @@
 //! through [`response`]; timers through [`timeouts`].
 
 mod admit;
+mod authenticate;
 pub mod branch;
 mod call;
 pub mod dialog;
@@ -82,6 +83,8 @@ pub struct Proxy {
     dialogs: HashMap<CallKey, Dialog>,
     timers: Timers,
     seq: u64,
+    /// sluice's own digest authentication (`[auth]`), if configured.
+    auth: Option<crate::auth::Verifier>,
     /// Keys branches and tags (a caller cannot predict them).
     secret: branch::Secret,
     draining: bool,
@@ -127,6 +130,7 @@ impl Proxy {
             backoff: HashMap::new(),
             usage: Arc::new(parking_lot::Mutex::new(UsageTracker::now_anchored(config.usage.window_days))),
             me: Identity::new(&config),
+            auth: config.auth.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
             config,
             txs: HashMap::new(),
             by_server: HashMap::new(),
@@ -156,6 +160,10 @@ impl Proxy {
         self.me = Identity::new(&config);
         self.planner = Planner::new(&config);
         self.customers = CustomerIndex::new(&config);
+        match (&mut self.auth, &config.auth) {
+            (Some(v), Some(a)) => v.update(a),
+            (slot, a) => *slot = a.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
+        }
         self.config = config;
     }
 
@@ -254,23 +262,32 @@ impl Proxy {
     }
 
     /// Answers a request itself (the one reply builder). A final answer gets a To tag derived
-    /// from the request, so a retransmitted request gets the identical answer. Returns the
-    /// bytes sent, or `None` when the request's Via gives no way back.
+    /// from the request, so a retransmitted request gets the identical answer. A final answer
+    /// to an INVITE goes through a server transaction (RFC 3261 §17.2.1): retransmitted over
+    /// UDP until the ACK (Timer G), the ACK absorbed, forgotten after Timer H.
     fn reply(
-        &self,
+        &mut self,
+        now: Instant,
         msg: &Message<'_>,
         source: Peer,
         answer: Answer<'_>,
         extra: &[(&str, &[u8])],
         out: &mut Vec<Action>,
-    ) -> Option<Bytes> {
+    ) {
+        if msg.method() == Some(crate::sip::Method::Invite) && answer.status >= 300 {
+            let key = request::server_key(msg, None);
+            if !self.by_server.contains_key(&key) {
+                if let Some(id) = self.new_tx(now, source, msg, key, Vec::new(), false) {
+                    return self.final_answer(now, id, answer.status, answer.reason, extra, out);
+                }
+            }
+        }
         let mut splice = Splice::new(msg.buf);
-        let to = stamp::stamp(msg, source, &mut splice)?;
+        let Some(to) = stamp::stamp(msg, source, &mut splice) else { return };
         let tag = self.tag_for(msg);
         let data =
             Bytes::from(reply::response(msg, &mut splice, answer.status, answer.reason, Some(&tag), extra));
-        self.send(out, to, data.clone(), None, false);
-        Some(data)
+        self.send(out, to, data, None, false);
     }
 
     /// The To tag the proxy uses when it answers `msg` itself: stable per Call-ID, From tag

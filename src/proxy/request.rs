@@ -57,12 +57,19 @@ impl Proxy {
         if let Some(&id) = self.by_server.get(&key) {
             return self.absorb_retransmission(id, out);
         }
+        if let Some(tags) = proxy_require(msg) {
+            // RFC 3261 §16.3 step 5: sluice supports no option tags, so every one a request
+            // asks the proxy to support is one it does not.
+            self.reply(now, msg, source, Answer::new(420, "Bad Extension"), &[("Unsupported", &tags)], out);
+            return;
+        }
         let max_forwards = msg.max_forwards().ok().flatten();
         let uri = msg.request_uri().and_then(|u| Uri::parse(u).ok());
         let to_me = uri.as_ref().is_some_and(|u| self.me.is_my_uri(u));
         if method == Method::Options && to_me && msg.tag(HeaderName::To).is_none() {
             // A health ping from a peer (RFC 3261 §11): answered here, never forwarded.
             self.reply(
+                now,
                 msg,
                 source,
                 Answer::new(200, "OK"),
@@ -72,16 +79,23 @@ impl Proxy {
             return;
         }
         if max_forwards == Some(0) {
-            self.reply(msg, source, Answer::new(483, "Too Many Hops"), &[], out);
+            self.reply(now, msg, source, Answer::new(483, "Too Many Hops"), &[], out);
             return;
         }
         if self.is_loop(msg) {
             Stats::bump(&self.stats.loops);
-            self.reply(msg, source, Answer::new(482, "Loop Detected"), &[], out);
+            self.reply(now, msg, source, Answer::new(482, "Loop Detected"), &[], out);
             return;
         }
         if self.txs.len() >= MAX_TRANSACTIONS {
-            self.reply(msg, source, Answer::new(503, "Server Overloaded"), &[("Retry-After", b"5")], out);
+            self.reply(
+                now,
+                msg,
+                source,
+                Answer::new(503, "Server Overloaded"),
+                &[("Retry-After", b"5")],
+                out,
+            );
             return;
         }
         match msg.tag(HeaderName::To) {
@@ -111,7 +125,7 @@ impl Proxy {
             );
         }
         if sanity::answerable(msg) && msg.method() != Some(Method::Ack) {
-            self.reply(msg, source, refusal, &[], out);
+            self.reply(now, msg, source, refusal, &[], out);
         }
     }
 
@@ -134,6 +148,7 @@ impl Proxy {
                 Some(_) => {
                     let contacts = self.config.overflow.redirect.join(", ");
                     self.reply(
+                        now,
                         msg,
                         source,
                         Answer::new(302, "Moved Temporarily"),
@@ -143,6 +158,7 @@ impl Proxy {
                 }
                 None => {
                     self.reply(
+                        now,
                         msg,
                         source,
                         Answer::new(503, "Service Unavailable"),
@@ -154,21 +170,34 @@ impl Proxy {
             return;
         }
         let ip = source.addr.ip();
-        let user = crate::sip::auth::request_username(msg);
+        let verified;
+        let user = match &self.auth {
+            // Without [auth] a username is what the caller claims (README: Security).
+            None => crate::sip::auth::request_username(msg),
+            Some(_) => match self.authenticate(now, source, msg, out) {
+                Some(user) => {
+                    verified = user;
+                    verified.as_deref().map(str::as_bytes)
+                }
+                None => return,
+            },
+        };
         let customer = self.customers.identify(ip, user);
         if customer.is_none() && !self.config.allow_unknown {
             Stats::bump(&self.stats.calls_forbidden);
             tracing::info!(event = "call.forbidden", call_id = %String::from_utf8_lossy(call_id), source = %source, "source matches no customer");
-            self.reply(msg, source, Answer::new(403, "Forbidden"), &[], out);
+            self.reply(now, msg, source, Answer::new(403, "Forbidden"), &[], out);
             return;
         }
         let number = uri.as_ref().and_then(|u| u.user).map(dialed_number).unwrap_or_default();
         let own_routes = customer.and_then(|c| self.config.customers[c].routes.as_ref());
         let table = own_routes.unwrap_or(&self.config.routes);
         let Some((index, route)) = table.lookup(number) else {
-            Stats::bump(&self.stats.calls_no_route);
+            if method == Method::Invite {
+                Stats::bump(&self.stats.calls_no_route);
+            }
             tracing::debug!(event = "call.no_route", call_id = %String::from_utf8_lossy(call_id), number = %String::from_utf8_lossy(number), "no route");
-            self.reply(msg, source, Answer::new(404, "Not Found"), &[], out);
+            self.reply(now, msg, source, Answer::new(404, "Not Found"), &[], out);
             return;
         };
         if method != Method::Invite {
@@ -183,7 +212,14 @@ impl Proxy {
             return;
         }
         if self.dialogs.len() >= MAX_DIALOGS {
-            self.reply(msg, source, Answer::new(503, "Server Overloaded"), &[("Retry-After", b"5")], out);
+            self.reply(
+                now,
+                msg,
+                source,
+                Answer::new(503, "Server Overloaded"),
+                &[("Retry-After", b"5")],
+                out,
+            );
             return;
         }
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
@@ -194,14 +230,14 @@ impl Proxy {
             if self.warn.allow(now) {
                 tracing::info!(event = "call.merged", call_id = %String::from_utf8_lossy(call_id), source = %source, "new INVITE for a live call's Call-ID and From tag");
             }
-            self.reply(msg, source, Answer::new(482, "Loop Detected"), &[], out);
+            self.reply(now, msg, source, Answer::new(482, "Loop Detected"), &[], out);
             return;
         }
         let route_ref = RouteRef { customer: own_routes.and(customer), index };
         let plan = self.planner.plan(customer, ip, user, route_ref, number);
         if plan.candidates.is_empty() {
             Stats::bump(&self.stats.calls_no_route);
-            self.reply(msg, source, Answer::new(404, "Not Found"), &[], out);
+            self.reply(now, msg, source, Answer::new(404, "Not Found"), &[], out);
             return;
         }
         let mut plan = plan;
@@ -266,7 +302,7 @@ impl Proxy {
         if self.warn.allow(now) {
             tracing::info!(event = "sip.no_dialog", source = %source, call_id = %String::from_utf8_lossy(msg.call_id().unwrap_or_default()), "in-dialog request for an unknown dialog");
         }
-        self.reply(msg, source, Answer::new(481, "Call/Transaction Does Not Exist"), &[], out);
+        self.reply(now, msg, source, Answer::new(481, "Call/Transaction Does Not Exist"), &[], out);
     }
 
     /// Creates the transaction for a request and sends it on its first branch. INVITEs get
@@ -387,11 +423,12 @@ impl Proxy {
         let branch_id = branch::make(&self.secret, hash, seq);
         let record_route = tx.creates_dialog;
         let source = tx.source;
+        let own_realm = self.auth.as_ref().map(|v| v.realm());
         let (data, _) = forward::request(
             msg,
             source,
             &self.me,
-            &RequestEdits { out: target.transport, branch: &branch_id, record_route },
+            &RequestEdits { out: target.transport, branch: &branch_id, record_route, own_realm },
         );
         let data = Bytes::from(data);
         let number = seq as u32;
@@ -473,7 +510,12 @@ impl Proxy {
             msg,
             source,
             &self.me,
-            &RequestEdits { out: target.transport, branch: &branch_id, record_route: false },
+            &RequestEdits {
+                out: target.transport,
+                branch: &branch_id,
+                record_route: false,
+                own_realm: self.auth.as_ref().map(|v| v.realm()),
+            },
         );
         self.send(out, target, Bytes::from(data), None, true);
     }
@@ -483,10 +525,10 @@ impl Proxy {
     fn on_cancel(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
         let key = server_key(msg, Some(b"INVITE"));
         let Some(&id) = self.by_server.get(&key) else {
-            self.reply(msg, source, Answer::new(481, "Call/Transaction Does Not Exist"), &[], out);
+            self.reply(now, msg, source, Answer::new(481, "Call/Transaction Does Not Exist"), &[], out);
             return;
         };
-        self.reply(msg, source, Answer::new(200, "OK"), &[], out);
+        self.reply(now, msg, source, Answer::new(200, "OK"), &[], out);
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
@@ -548,6 +590,24 @@ impl Proxy {
         }
         false
     }
+}
+
+/// The option tags of a request's Proxy-Require headers, comma-joined, if it has any.
+fn proxy_require(msg: &Message<'_>) -> Option<Vec<u8>> {
+    let mut tags = Vec::new();
+    for h in msg.headers.iter().filter(|h| msg.bytes(h.name_span).eq_ignore_ascii_case(b"Proxy-Require")) {
+        let value = msg.bytes(h.value);
+        for r in crate::sip::params::split_list(value) {
+            let tag = crate::sip::message::trim(&value[r]);
+            if !tag.is_empty() && tag.iter().all(u8::is_ascii_graphic) {
+                if !tags.is_empty() {
+                    tags.extend_from_slice(b", ");
+                }
+                tags.extend_from_slice(tag);
+            }
+        }
+    }
+    (!tags.is_empty()).then_some(tags)
 }
 
 /// The server transaction key (RFC 3261 §17.2.3): branch, sent-by and method (ACK and CANCEL
