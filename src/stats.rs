@@ -25,6 +25,9 @@ pub struct Stats {
     pub stray_responses: [AtomicU64; Stray::ALL.len()],
     /// sluice's own digest authentication, by [`AuthResult`].
     pub auth: [AtomicU64; AuthResult::ALL.len()],
+    /// Messages dropped by flood protection, and source IPs blocked now.
+    pub flood_dropped: AtomicU64,
+    pub flood_blocked: AtomicU64,
     /// UDP datagrams dropped because the socket's send buffer stayed full.
     pub udp_send_dropped: AtomicU64,
     pub calls_admitted: AtomicU64,

@@ -124,6 +124,17 @@ fn build(admin: &Admin) -> Option<String> {
         auth.with_label_values(&[result.as_str()]).inc_by(get(&stats.auth[result as usize]));
     }
 
+    let dropped = IntCounterVec::new(
+        Opts::new("sluice_flood_dropped_total", "Requests dropped by flood protection."),
+        &[] as &[&str],
+    )
+    .ok()?;
+    dropped.with_label_values(&[] as &[&str]).inc_by(get(&stats.flood_dropped));
+    registry.register(Box::new(dropped)).ok()?;
+    let blocked = IntGauge::new("sluice_flood_blocked", "Source IPs blocked now.").ok()?;
+    blocked.set(get(&stats.flood_blocked) as i64);
+    registry.register(Box::new(blocked)).ok()?;
+
     let queue = IntGauge::new("sluice_queue_depth", "INVITEs waiting in the spike buffer.").ok()?;
     queue.set(get(&stats.queue_depth) as i64);
     registry.register(Box::new(queue)).ok()?;

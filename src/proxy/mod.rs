@@ -11,6 +11,7 @@ mod authenticate;
 pub mod branch;
 mod call;
 pub mod dialog;
+pub mod flood;
 pub mod forward;
 pub mod identity;
 mod ratelog;
@@ -83,6 +84,9 @@ pub struct Proxy {
     dialogs: HashMap<CallKey, Dialog>,
     timers: Timers,
     seq: u64,
+    /// Per-source rate protection (`[flood]`), if configured.
+    flood: Option<flood::Flood>,
+    flood_log: ratelog::RateLog,
     /// sluice's own digest authentication (`[auth]`), if configured.
     auth: Option<crate::auth::Verifier>,
     /// Keys branches and tags (a caller cannot predict them).
@@ -131,6 +135,8 @@ impl Proxy {
             usage: Arc::new(parking_lot::Mutex::new(UsageTracker::now_anchored(config.usage.window_days))),
             me: Identity::new(&config),
             auth: config.auth.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
+            flood: flood::Flood::new(&config, Instant::now()),
+            flood_log: ratelog::RateLog::new(10),
             config,
             txs: HashMap::new(),
             by_server: HashMap::new(),
@@ -160,6 +166,10 @@ impl Proxy {
         self.me = Identity::new(&config);
         self.planner = Planner::new(&config);
         self.customers = CustomerIndex::new(&config);
+        if config.flood != self.config.flood || config.carriers != self.config.carriers {
+            self.flood = flood::Flood::new(&config, Instant::now());
+            self.stats.flood_blocked.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         match (&mut self.auth, &config.auth) {
             (Some(v), Some(a)) => v.update(a),
             (slot, a) => *slot = a.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
@@ -169,6 +179,22 @@ impl Proxy {
 
     /// Handles one received message (a datagram, or one framed TCP message).
     pub fn on_message(&mut self, now: Instant, source: Peer, bytes: &[u8], out: &mut Vec<Action>) {
+        if let Some(guard) = &mut self.flood {
+            // Before anything else: a flooding source costs one table lookup per message.
+            let verdict = guard.check(now, source.addr.ip());
+            let blocked = guard.blocked() as u64;
+            self.stats.flood_blocked.store(blocked, std::sync::atomic::Ordering::Relaxed);
+            match verdict {
+                flood::Verdict::Pass => {}
+                verdict => {
+                    Stats::bump(&self.stats.flood_dropped);
+                    if verdict == flood::Verdict::Blocked && self.flood_log.allow(now) {
+                        tracing::warn!(event = "flood.blocked", source = %source.addr.ip(), seconds = guard.block_time().as_secs(), blocked, "source over [flood] rps; dropping its messages");
+                    }
+                    return;
+                }
+            }
+        }
         if bytes.len() > self.config.max_message_bytes {
             Stats::bump(&self.stats.oversize);
             if self.warn.allow(now) {

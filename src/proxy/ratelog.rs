@@ -24,7 +24,7 @@ impl RateLog {
                 self.used = 0;
             }
         }
-        self.used += 1;
+        self.used = self.used.saturating_add(1);
         self.used <= self.per_second
     }
 }
