@@ -39,6 +39,9 @@ enum Command {
         /// The admin listener, HOST:PORT.
         #[arg(long, default_value = "127.0.0.1:9060")]
         admin: String,
+        /// The admin token ([server] admin_token), if the listener has one.
+        #[arg(long, env = "SLUICE_ADMIN_TOKEN")]
+        token: Option<String>,
         /// Refresh interval in milliseconds.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
@@ -50,8 +53,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Usage { config } => usage(&config),
-        Command::Top { admin, interval_ms } => {
-            match sluice::top::run(&admin, std::time::Duration::from_millis(interval_ms)) {
+        Command::Top { admin, token, interval_ms } => {
+            match sluice::top::run(&admin, token.as_deref(), std::time::Duration::from_millis(interval_ms)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice top: {e:#}");

@@ -146,6 +146,7 @@ impl Server {
             tcp: transport::tcp::Registry::default(),
             shutdown,
             max_message: self.config.max_message_bytes,
+            max_tcp_per_ip: self.config.max_tcp_per_ip,
             udp_pending: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut tasks = JoinSet::new();

@@ -25,6 +25,8 @@ pub struct Stats {
     pub stray_responses: [AtomicU64; Stray::ALL.len()],
     /// sluice's own digest authentication, by [`AuthResult`].
     pub auth: [AtomicU64; AuthResult::ALL.len()],
+    /// Inbound TCP connections refused: the source IP had its share open already.
+    pub tcp_refused: AtomicU64,
     /// Messages dropped by flood protection, and source IPs blocked now.
     pub flood_dropped: AtomicU64,
     pub flood_blocked: AtomicU64,

@@ -19,12 +19,14 @@ pub enum TopError {
     Fetch { addr: String, why: String },
 }
 
-/// GET `path` from the admin listener and parse the JSON body.
-pub fn fetch(addr: &str, path: &str) -> Result<Value, TopError> {
+/// GET `path` from the admin listener and parse the JSON body; `token` is the admin
+/// listener's bearer token when it has one.
+pub fn fetch(addr: &str, path: &str, token: Option<&str>) -> Result<Value, TopError> {
     let fail = |why: String| TopError::Fetch { addr: addr.to_string(), why };
     let mut stream = TcpStream::connect(addr).map_err(|e| fail(e.to_string()))?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")
         .map_err(|e| fail(e.to_string()))?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(|e| fail(e.to_string()))?;
@@ -33,10 +35,10 @@ pub fn fetch(addr: &str, path: &str) -> Result<Value, TopError> {
 }
 
 /// Redraws the table every `interval` until interrupted.
-pub fn run(addr: &str, interval: Duration) -> Result<(), TopError> {
+pub fn run(addr: &str, token: Option<&str>, interval: Duration) -> Result<(), TopError> {
     let mut previous: Option<(Value, Instant)> = None;
     loop {
-        let status = fetch(addr, "/status")?;
+        let status = fetch(addr, "/status", token)?;
         let now = Instant::now();
         let screen =
             render(&status, previous.as_ref().map(|(v, t)| (v, now.duration_since(*t).as_secs_f64())));

@@ -285,3 +285,67 @@ async fn reload_lowers_a_limit_under_active_calls() {
     running.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_admin_token_guards_every_path_but_health() {
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    let cfg = config(&uri, "").replace("[server]\n", "[server]\nadmin_token = \"s3cret-token-0123456789\"\n");
+    let running = start(&cfg).await;
+    let admin = running.admin.unwrap();
+    assert_eq!(http(admin, "GET", "/health").await.0, 200, "health stays open for load balancers");
+    for (method, path) in [("GET", "/status"), ("GET", "/metrics"), ("GET", "/usage"), ("POST", "/reload")] {
+        let raw = raw_http(admin, &format!("{method} {path} HTTP/1.0\r\nHost: x\r\n\r\n")).await;
+        assert!(raw.starts_with("HTTP/1.0 401") || raw.starts_with("HTTP/1.1 401"), "{path}: {raw}");
+        assert!(raw.to_ascii_lowercase().contains("www-authenticate: bearer"), "{raw}");
+        let wrong = raw_http(
+            admin,
+            &format!("{method} {path} HTTP/1.0\r\nAuthorization: Bearer s3cret-token-0123456788\r\n\r\n"),
+        )
+        .await;
+        assert!(wrong.contains(" 401 "), "a wrong token is refused: {wrong}");
+    }
+    let ok = raw_http(admin, "GET /status HTTP/1.0\r\nAuthorization: Bearer s3cret-token-0123456789\r\n\r\n")
+        .await;
+    assert!(ok.contains(" 200 "), "{ok}");
+    let status = tokio::task::spawn_blocking(move || {
+        sluice::top::fetch(&admin.to_string(), "/status", Some("s3cret-token-0123456789"))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.get("server").is_some(), "sluice top sends the token");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_is_cut_off() {
+    let pbx = Endpoint::udp().await;
+    let running = start(&config(&pbx.uri(), "")).await;
+    let admin = running.admin.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(admin).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    // The header timeout is 5 s; the connection must be gone well before this bound.
+    let closed = tokio::time::timeout(Duration::from_secs(15), slow.read(&mut buf)).await;
+    assert!(closed.is_ok(), "the admin listener still holds a request that never completed");
+    // A request head over the size cap is refused too.
+    let mut huge = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let big = format!("GET /status HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let _ = huge.write_all(big.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), huge.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains(" 200 "), "an oversized head is not served: {text}");
+    running.stop().await;
+}
+
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await.expect("admin answered").unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}

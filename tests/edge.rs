@@ -313,3 +313,31 @@ async fn own_final_answers_are_retransmitted_until_ack_and_count_only_invites() 
     assert_eq!(running.shared.stats.calls_no_route.load(Ordering::Relaxed), 1);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn one_source_holds_at_most_its_share_of_tcp_connections() {
+    let pbx = Endpoint::udp().await;
+    let running = start(&config_with(&[pbx.uri()], "max_tcp_per_ip = 3", "")).await;
+    let tcp = running.addr(Transport::Tcp).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Endpoint::tcp_client_from("127.0.0.9", tcp).await);
+    }
+    eventually(&running, "three connections registered", |_| {
+        running.shared.tcp.inbound_from("127.0.0.9".parse().unwrap()) == 3
+    })
+    .await;
+    let mut fourth = Endpoint::tcp_client_from("127.0.0.9", tcp).await;
+    assert!(fourth.closed_within(Duration::from_secs(2)).await, "the fourth is closed at once");
+    // Another host is not affected, and a freed slot can be used again.
+    let mut other = Endpoint::tcp_client_from("127.0.0.10", tcp).await;
+    assert!(!other.closed_within(Duration::from_millis(200)).await);
+    drop(held.pop());
+    eventually(&running, "slot released", |_| {
+        running.shared.tcp.inbound_from("127.0.0.9".parse().unwrap()) == 2
+    })
+    .await;
+    let mut again = Endpoint::tcp_client_from("127.0.0.9", tcp).await;
+    assert!(!again.closed_within(Duration::from_millis(200)).await, "a freed slot is usable");
+    running.stop().await;
+}

@@ -39,6 +39,12 @@ impl Admin {
     }
 }
 
+/// How long a client may take to send its request head, and to finish with its connection.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest request head read (headers; no admin path reads a body).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
 /// Serves admin requests until shutdown.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
     loop {
@@ -53,7 +59,14 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(handle(&admin, req)) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            // A slow or stuck client is cut off: nothing it does holds a task for long.
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     }
 }
@@ -71,7 +84,28 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     respond(status, "application/json", serde_json::to_vec_pretty(value).unwrap_or_default())
 }
 
+/// True when the request may use a path that needs the token: no token is configured, or
+/// it carries `Authorization: Bearer <token>` (compared without an early exit).
+fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
+    let token = admin.shared.core.lock().config().admin_token.clone();
+    let Some(token) = token else { return true };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    given.len() == token.len()
+        && given.iter().zip(token.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let health = req.method() == Method::GET && req.uri().path() == "/health";
+    if !health && !authorized(admin, &req) {
+        let mut r = respond(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized");
+        r.headers_mut()
+            .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => {
             if admin.shared.core.lock().is_draining() {

@@ -44,6 +44,9 @@ pub(crate) struct Server {
     pub(crate) gateway_timeout_ms: u64,
     #[serde(default = "default_drain_seconds")]
     pub(crate) drain_seconds: u64,
+    /// Added to the contract: TCP connections one source IP may hold open to sluice.
+    #[serde(default = "default_max_tcp_per_ip")]
+    pub(crate) max_tcp_per_ip: u32,
     /// Added to the contract: the largest datagram or stream message accepted.
     #[serde(default = "default_max_message_bytes")]
     pub(crate) max_message_bytes: usize,
@@ -265,6 +268,9 @@ fn default_gateway_timeout_ms() -> u64 {
 }
 fn default_drain_seconds() -> u64 {
     30
+}
+fn default_max_tcp_per_ip() -> u32 {
+    64
 }
 fn default_max_message_bytes() -> usize {
     65_536

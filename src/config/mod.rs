@@ -220,6 +220,7 @@ pub mod bounds {
     /// A CPS limit keeps one timestamp per admission in the last second (8 bytes each).
     pub const CPS: u32 = 1_000_000;
     pub const CHANNELS: u32 = 100_000_000;
+    pub const TCP_PER_IP: u32 = 10_000;
 }
 
 /// A validated configuration. Built only by [`Config::parse`]/[`Config::load`], so every
@@ -234,6 +235,8 @@ pub struct Config {
     pub gateway_timeout: Duration,
     pub drain: Duration,
     pub max_message_bytes: usize,
+    /// TCP connections one source IP may hold open to sluice (inbound).
+    pub max_tcp_per_ip: u32,
     pub log_format: LogFormat,
     pub log_level: String,
     pub carriers: Vec<Carrier>,
@@ -371,6 +374,12 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         );
     }
     at_most(e, &[Key("server"), Key("drain_seconds")], raw.server.drain_seconds, bounds::DRAIN_SECONDS);
+    if !(1..=bounds::TCP_PER_IP).contains(&raw.server.max_tcp_per_ip) {
+        e.push(
+            &[Key("server"), Key("max_tcp_per_ip")],
+            format!("must be between 1 and {}", bounds::TCP_PER_IP),
+        );
+    }
     if !(1..=bounds::MAX_CALL_SECONDS).contains(&raw.limits.max_call_seconds) {
         e.push(
             &[Key("limits"), Key("max_call_seconds")],
@@ -606,6 +615,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         gateway_timeout: Duration::from_millis(raw.server.gateway_timeout_ms),
         drain: Duration::from_secs(raw.server.drain_seconds),
         max_message_bytes: raw.server.max_message_bytes,
+        max_tcp_per_ip: raw.server.max_tcp_per_ip,
         log_format: raw.log.format,
         log_level: raw.log.level.clone(),
         carriers,

@@ -164,7 +164,7 @@ impl Proxy {
             Stats::bump(&self.stats.queue_admitted);
             self.stats.queue_wait.observe(w);
         }
-        self.log_decision(ctx, Some(i), plan, "admitted", None, counted, waited);
+        self.log_decision(now, ctx, Some(i), plan, "admitted", None, counted, waited);
     }
 
     /// Puts a refused call in the spike buffer when that is allowed and can succeed: the
@@ -186,7 +186,7 @@ impl Proxy {
         let Some((priority, lane)) = self.may_wait(&plan, ctx.customer, &rejection) else {
             return Err(rejection);
         };
-        self.log_decision(ctx, None, &plan, "queued", Some(&rejection), count_cps, None);
+        self.log_decision(now, ctx, None, &plan, "queued", Some(&rejection), count_cps, None);
         let Some(id) = self.park(now, plan, ctx, msg, key, count_cps, rejection, out) else {
             return Err(Rejection { key: LimitKey::server(), kind: Refusal::Channels });
         };
@@ -395,7 +395,7 @@ impl Proxy {
         let ctx = p.context(&call_id, source);
         let (status, reason, header, value) = self.refusal_answer(&p.rejection);
         let waited = now.saturating_duration_since(p.since);
-        self.log_decision(&ctx, None, &p.plan, decision, Some(&p.rejection), p.count_cps, Some(waited));
+        self.log_decision(now, &ctx, None, &p.plan, decision, Some(&p.rejection), p.count_cps, Some(waited));
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         self.final_answer(now, id, status, &reason, &extra, out);
     }
@@ -450,7 +450,7 @@ impl Proxy {
     ) {
         let (status, reason, header, value) = self.refusal_answer(rejection);
         let decision = if status == 302 { "redirected" } else { "rejected" };
-        self.log_decision(ctx, None, plan, decision, Some(rejection), true, None);
+        self.log_decision(now, ctx, None, plan, decision, Some(rejection), true, None);
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         let Some(id) = self.new_tx(now, ctx.source, msg, key, Vec::new(), false) else { return };
         self.final_answer(now, id, status, &reason, &extra, out);
@@ -472,7 +472,9 @@ impl Proxy {
                 true
             }
             Err(r) => {
-                tracing::info!(event = "call.failover_full", call_id = %String::from_utf8_lossy(call.call_id()), key = %r.key, "failover gateway has no room");
+                if self.events.allow(now) {
+                    tracing::info!(event = "call.failover_full", call_id = %String::from_utf8_lossy(call.call_id()), key = %r.key, "failover gateway has no room");
+                }
                 false
             }
         }
@@ -514,6 +516,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     fn log_decision(
         &self,
+        now: Instant,
         ctx: &CallContext<'_>,
         chosen: Option<usize>,
         plan: &CallPlan,
@@ -522,6 +525,9 @@ impl Proxy {
         counted: bool,
         waited: Option<Duration>,
     ) {
+        if !self.decisions.allow(now) {
+            return;
+        }
         let candidate = chosen.and_then(|i| plan.candidates.get(i));
         let customer =
             ctx.customer.and_then(|c| self.config.customers.get(c)).map_or("", |c| c.name.as_str());

@@ -14,7 +14,7 @@ pub mod dialog;
 pub mod flood;
 pub mod forward;
 pub mod identity;
-mod ratelog;
+pub(crate) mod ratelog;
 mod request;
 mod response;
 pub mod sanity;
@@ -93,7 +93,12 @@ pub struct Proxy {
     secret: branch::Secret,
     draining: bool,
     stats: Arc<Stats>,
+    /// Log budgets: bad input, per-call events (timeouts, failovers, refusals), admission
+    /// decisions. A caller decides how often these happen; the budgets decide how often
+    /// they are written.
     warn: ratelog::RateLog,
+    events: ratelog::RateLog,
+    decisions: ratelog::RateLog,
     /// Where limits are checked and reserved (in memory, or shared by a cluster).
     limiter: Arc<dyn Store>,
     planner: Planner,
@@ -136,7 +141,7 @@ impl Proxy {
             me: Identity::new(&config),
             auth: config.auth.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
             flood: flood::Flood::new(&config, Instant::now()),
-            flood_log: ratelog::RateLog::new(10),
+            flood_log: ratelog::RateLog::new("flood.blocked", 10),
             config,
             txs: HashMap::new(),
             by_server: HashMap::new(),
@@ -147,7 +152,9 @@ impl Proxy {
             secret: branch::Secret::new(seed),
             draining: false,
             stats,
-            warn: ratelog::RateLog::new(20),
+            warn: ratelog::RateLog::new("bad_input", 20),
+            events: ratelog::RateLog::new("call_events", 100),
+            decisions: ratelog::RateLog::new("call.admission", 2000),
         }
     }
 

@@ -185,7 +185,9 @@ impl Proxy {
         let customer = self.customers.identify(ip, user);
         if customer.is_none() && !self.config.allow_unknown {
             Stats::bump(&self.stats.calls_forbidden);
-            tracing::info!(event = "call.forbidden", call_id = %String::from_utf8_lossy(call_id), source = %source, "source matches no customer");
+            if self.events.allow(now) {
+                tracing::info!(event = "call.forbidden", call_id = %String::from_utf8_lossy(call_id), source = %source, "source matches no customer");
+            }
             self.reply(now, msg, source, Answer::new(403, "Forbidden"), &[], out);
             return;
         }

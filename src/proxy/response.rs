@@ -231,13 +231,15 @@ impl Proxy {
         };
         let failover = (500..600).contains(&status) || status == 408;
         if failover && !tx.cancelled && !tx.remaining.is_empty() {
-            tracing::info!(
-                event = "call.failover",
-                call_id = %String::from_utf8_lossy(&tx.call_id),
-                gateway = %tx.branch.as_ref().map(|b| b.target.to_string()).unwrap_or_default(),
-                status,
-                "gateway refused, trying the next one"
-            );
+            if self.events.allow(now) {
+                tracing::info!(
+                    event = "call.failover",
+                    call_id = %String::from_utf8_lossy(&tx.call_id),
+                    gateway = %tx.branch.as_ref().map(|b| b.target.to_string()).unwrap_or_default(),
+                    status,
+                    "gateway refused, trying the next one"
+                );
+            }
             let request = tx.request.clone();
             if crate::sip::parse(&request).is_ok_and(|original| self.next_branch(now, id, &original, out)) {
                 return;

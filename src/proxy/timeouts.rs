@@ -84,13 +84,15 @@ impl Proxy {
         tx.failure = why;
         let gateway = b.target;
         self.stats.gateways_down.insert(gateway.addr, ());
-        tracing::info!(
-            event = "gateway.no_answer",
-            call_id = %String::from_utf8_lossy(&tx.call_id),
-            gateway = %gateway,
-            reason = ?why,
-            "gateway did not answer"
-        );
+        if self.events.allow(now) {
+            tracing::info!(
+                event = "gateway.no_answer",
+                call_id = %String::from_utf8_lossy(&tx.call_id),
+                gateway = %gateway,
+                reason = ?why,
+                "gateway did not answer"
+            );
+        }
         if !tx.cancelled && !tx.remaining.is_empty() {
             let request = tx.request.clone();
             if crate::sip::parse(&request).is_ok_and(|original| self.next_branch(now, id, &original, out)) {

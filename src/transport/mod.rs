@@ -41,6 +41,8 @@ pub struct Shared {
     pub tcp: tcp::Registry,
     pub shutdown: CancellationToken,
     pub max_message: usize,
+    /// Inbound TCP connections allowed per source IP.
+    pub max_tcp_per_ip: u32,
     /// UDP sends waiting for kernel buffer space.
     pub udp_pending: AtomicUsize,
 }

@@ -22,16 +22,34 @@ use crate::stats::Stats;
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// A connection with no traffic for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A message whose first bytes arrived must be complete within this long (a peer trickling
+/// a header a byte at a time holds nothing for long).
+pub const INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages queued for one connection's writer before further ones are dropped.
 const WRITE_QUEUE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Live connections: by id, and by remote address for reuse.
-#[derive(Default)]
 pub struct Registry {
     conns: DashMap<ConnId, mpsc::Sender<Bytes>>,
     by_addr: DashMap<SocketAddr, ConnId>,
     next: AtomicU64,
+    /// Inbound connections per source IP.
+    per_ip: DashMap<std::net::IpAddr, u32>,
+    /// Budget for the log lines remote peers can cause (refused, broken, failed connections).
+    log: parking_lot::Mutex<crate::proxy::ratelog::RateLog>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            conns: DashMap::new(),
+            by_addr: DashMap::new(),
+            next: AtomicU64::new(0),
+            per_ip: DashMap::new(),
+            log: parking_lot::Mutex::new(crate::proxy::ratelog::RateLog::new("transport.tcp", 20)),
+        }
+    }
 }
 
 impl Registry {
@@ -50,6 +68,16 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Inbound connections `ip` holds now.
+    pub fn inbound_from(&self, ip: std::net::IpAddr) -> u32 {
+        self.per_ip.get(&ip).map_or(0, |n| *n)
+    }
+
+    /// True when one more connection-level log line fits this second's budget.
+    fn may_log(&self) -> bool {
+        self.log.lock().allow(tokio::time::Instant::now())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,6 +103,35 @@ impl Registry {
     }
 }
 
+/// One inbound connection's share of its source IP's allowance; released on drop, so every
+/// way a connection ends gives it back.
+struct InboundSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl InboundSlot {
+    /// One more inbound connection from `ip`, or `None` when it holds its share already.
+    fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut n = shared.tcp.per_ip.entry(ip).or_insert(0);
+        if *n >= shared.max_tcp_per_ip {
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(Self { shared: shared.clone(), ip })
+    }
+}
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        self.shared.tcp.per_ip.remove_if_mut(&self.ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
+
 /// Accepts connections until shutdown.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {
@@ -85,11 +142,24 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         match accepted {
             Ok((stream, remote)) => {
                 if shared.tcp.len() >= MAX_CONNECTIONS {
-                    tracing::warn!(event = "transport.tcp_full", remote = %remote, "connection limit reached; closing");
+                    if shared.tcp.may_log() {
+                        tracing::warn!(event = "transport.tcp_full", remote = %remote, "connection limit reached; closing");
+                    }
                     continue;
                 }
+                let Some(slot) = InboundSlot::take(&shared, remote.ip()) else {
+                    Stats::bump(&shared.stats.tcp_refused);
+                    if shared.tcp.may_log() {
+                        tracing::warn!(event = "transport.tcp_per_ip", remote = %remote, max = shared.max_tcp_per_ip, "source has its share of TCP connections; closing");
+                    }
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(run_connection(shared.clone(), stream, remote));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    run_connection(shared, stream, remote).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(event = "transport.accept_error", error = %e, "accept failed");
@@ -103,14 +173,18 @@ async fn connect(shared: Arc<Shared>, to: Peer, first: Bytes, tx: Option<TxId>) 
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to.addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::info!(event = "transport.connect_failed", to = %to, error = %e, "TCP connect failed");
+            if shared.tcp.may_log() {
+                tracing::info!(event = "transport.connect_failed", to = %to, error = %e, "TCP connect failed");
+            }
             if let Some(tx) = tx {
                 shared.send_failed(tx, to);
             }
             return;
         }
         Err(_) => {
-            tracing::info!(event = "transport.connect_failed", to = %to, error = "timeout", "TCP connect timed out");
+            if shared.tcp.may_log() {
+                tracing::info!(event = "transport.connect_failed", to = %to, error = "timeout", "TCP connect timed out");
+            }
             if let Some(tx) = tx {
                 shared.send_failed(tx, to);
             }
@@ -149,10 +223,16 @@ async fn run_connection_with(
     });
     let peer = Peer::tcp(remote, Some(id));
     let mut buf = BytesMut::with_capacity(8192);
+    // When the bytes of a message still incomplete began to arrive.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     'read: loop {
+        let deadline = match partial_since {
+            Some(since) => since + INCOMPLETE_TIMEOUT,
+            None => tokio::time::Instant::now() + IDLE_TIMEOUT,
+        };
         let read = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
-            r = tokio::time::timeout(IDLE_TIMEOUT, reader.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)) => r,
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
@@ -160,7 +240,14 @@ async fn run_connection_with(
         }
         loop {
             match frame(&buf, shared.max_message) {
-                Ok(Frame::Incomplete) => break,
+                Ok(Frame::Incomplete) => {
+                    if buf.is_empty() {
+                        partial_since = None;
+                    } else {
+                        partial_since.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    break;
+                }
                 Ok(Frame::KeepAlive { consumed, pong }) => {
                     let _ = buf.split_to(consumed);
                     if pong {
@@ -170,13 +257,16 @@ async fn run_connection_with(
                     }
                 }
                 Ok(Frame::Message { len }) => {
+                    partial_since = None;
                     let msg = buf.split_to(len);
                     shared.handle(peer, &msg);
                 }
                 Err(e) => {
                     // A stream cannot be resynchronised after a framing error: close it.
                     Stats::bump(&shared.stats.malformed_tcp);
-                    tracing::warn!(event = "transport.tcp_framing", remote = %remote, error = %e, "closing connection");
+                    if shared.tcp.may_log() {
+                        tracing::warn!(event = "transport.tcp_framing", remote = %remote, error = %e, "closing connection");
+                    }
                     break 'read;
                 }
             }
