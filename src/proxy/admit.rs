@@ -378,7 +378,12 @@ impl Proxy {
         };
         let call = CallKey::new(&call_id, &p.from_tag);
         self.open_call(now, call, &p.from_tag, source, source, reservation);
-        self.next_branch(now, id, &msg, out);
+        if !self.next_branch(now, id, &msg, out) {
+            if let Some(tx) = self.txs.get_mut(&id) {
+                tx.failure = super::transaction::Failure::Unreachable;
+            }
+            self.answer_ourselves(now, id, out);
+        }
     }
 
     /// A waiting call's deadline passed: it gets the answer of the limit that held it.

@@ -272,6 +272,26 @@ impl Proxy {
         (self.txs.len(), self.dialogs.len() + self.challenged.len(), self.timers.len())
     }
 
+    /// One line per live transaction (state, method, Call-ID), for tests that find a leak.
+    #[doc(hidden)]
+    pub fn describe_transactions(&self) -> Vec<String> {
+        self.txs
+            .values()
+            .map(|t| {
+                format!(
+                    "{:?} invite={} creates_dialog={} cancelled={} branch={:?} pending={} call={}",
+                    t.server,
+                    t.is_invite,
+                    t.creates_dialog,
+                    t.cancelled,
+                    t.branch.as_ref().map(|b| b.state),
+                    t.pending.is_some(),
+                    String::from_utf8_lossy(&t.call_id)
+                )
+            })
+            .collect()
+    }
+
     /// Skips `gateway` for new calls and failovers until `now + for_how_long`. Entries are
     /// few (one per configured gateway) and simply overwritten.
     fn back_off(&mut self, now: Instant, gateway: std::net::SocketAddr, for_how_long: std::time::Duration) {

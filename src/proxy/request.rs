@@ -324,7 +324,14 @@ impl Proxy {
         if msg.method() == Some(Method::Invite) {
             self.send_trying(id, msg, out);
         }
-        self.next_branch(now, id, msg, out);
+        if !self.next_branch(now, id, msg, out) {
+            // Every target was skipped (backed off, or no room on failover): the caller is
+            // answered now rather than left with a transaction nothing will ever end.
+            if let Some(tx) = self.txs.get_mut(&id) {
+                tx.failure = Failure::Unreachable;
+            }
+            self.answer_ourselves(now, id, out);
+        }
         Some(id)
     }
 
@@ -405,7 +412,9 @@ impl Proxy {
             return false;
         };
         let target = next.peer;
-        if self.backoff.get(&target.addr).is_some_and(|until| *until > now) {
+        // A backed-off gateway is skipped by new calls only: a request inside a call still
+        // goes to that call's peer.
+        if tx.creates_dialog && self.backoff.get(&target.addr).is_some_and(|until| *until > now) {
             return self.next_branch(now, id, msg, out);
         }
         if let Some(egress) = next.egress {

@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
+pub mod scenario;
+pub use scenario::respond;
+
 pub const WAIT: Duration = Duration::from_secs(3);
 
 /// A free local port number (bound and released; good enough for tests).
@@ -268,44 +271,6 @@ pub fn invite(caller: &Endpoint, call_id: &str, branch: &str, number: &str, prox
         local = caller.local,
         len = SDP.len()
     )
-}
-
-/// A response built by a UAS (the test PBX) to `req`: Vias, From, To (+tag), Call-ID, CSeq.
-pub fn respond(
-    req: &str,
-    code: u16,
-    reason: &str,
-    to_tag: Option<&str>,
-    extra: &str,
-    contact: Option<SocketAddr>,
-) -> String {
-    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
-    for line in req.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
-        let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
-        match name.as_str() {
-            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" | "record-route" => {
-                out.push_str(line);
-                out.push_str("\r\n");
-            }
-            "to" | "t" => {
-                out.push_str(line);
-                if let Some(tag) = to_tag {
-                    if !line.contains("tag=") {
-                        out.push_str(";tag=");
-                        out.push_str(tag);
-                    }
-                }
-                out.push_str("\r\n");
-            }
-            _ => {}
-        }
-    }
-    if let Some(c) = contact {
-        out.push_str(&format!("Contact: <sip:pbx@{c}>\r\n"));
-    }
-    out.push_str(extra);
-    out.push_str("Content-Length: 0\r\n\r\n");
-    out
 }
 
 /// An in-dialog request from one side, routed through the proxy via `route` (the Record-Route
