@@ -14,7 +14,7 @@ use sluice::proxy::{Action, Proxy};
 use sluice::stats::Stats;
 use tokio::time::Instant;
 
-const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[limits]\ncps = 10000000\nchannels = 10000000\nper_ip = { cps = 100, channels = 100 }\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://127.0.0.1:5070\"]\nchannels = 10000000\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n";
+const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[limits]\ncps = 1000000\nchannels = 10000000\nper_ip = { cps = 100, channels = 100 }\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://127.0.0.1:5070\"]\nchannels = 10000000\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n";
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

@@ -27,6 +27,8 @@ pub struct Stats {
     pub auth: [AtomicU64; AuthResult::ALL.len()],
     /// Inbound TCP connections refused: the source IP had its share open already.
     pub tcp_refused: AtomicU64,
+    /// Calls ended by sluice because the caller never acknowledged the 2xx (64*T1).
+    pub calls_unacked: AtomicU64,
     /// Messages dropped by flood protection, and source IPs blocked now.
     pub flood_dropped: AtomicU64,
     pub flood_blocked: AtomicU64,

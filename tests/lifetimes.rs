@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice::config::Config;
 use sluice::limit::memory::MemoryStore;
-use sluice::peer::Peer;
+use sluice::peer::{Peer, Transport};
 use sluice::proxy::Proxy;
 use sluice::stats::Stats;
 use tokio::time::Instant;
@@ -24,14 +24,28 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
-        let config = Arc::new(Config::parse("t", CONFIG).unwrap());
+        Self::over(Transport::Udp)
+    }
+
+    /// Caller and PBX both over `transport`.
+    fn over(transport: Transport) -> Self {
+        let text = match transport {
+            Transport::Udp => CONFIG.to_string(),
+            Transport::Tcp => CONFIG.replace("udp://", "tcp://"),
+        };
+        let config = Arc::new(Config::parse("t", &text).unwrap());
         let limits = Arc::new(MemoryStore::new(Instant::now()));
+        let peer = |addr: &str, conn| match transport {
+            Transport::Udp => Peer::udp(addr.parse().unwrap()),
+            Transport::Tcp => Peer::tcp(addr.parse().unwrap(), conn),
+        };
         Self {
             proxy: Proxy::with_store(config, Arc::new(Stats::default()), 3, limits.clone()),
             limits,
             now: Instant::now(),
-            caller: Peer::udp("192.0.2.10:5060".parse().unwrap()),
-            pbx: Peer::udp("127.0.0.1:5070".parse().unwrap()),
+            // The caller's connection is the one it came on; sluice opens its own to the PBX.
+            caller: peer("192.0.2.10:5060", Some(1)),
+            pbx: peer("127.0.0.1:5070", None),
         }
     }
 
@@ -215,6 +229,95 @@ fn ringing_forever_is_cancelled_by_timer_c() {
     // The gateway ignores the CANCEL too: after another Timer C the caller gets 408.
     let out = r.advance(Duration::from_secs(181));
     assert!(out.iter().any(|(to, m)| *to == r.caller && m.starts_with("SIP/2.0 408")));
+    r.advance(Duration::from_secs(40));
+    r.assert_empty();
+}
+
+/// The PBX's 200 for a forwarded INVITE, with a Contact (sluice's BYE goes there).
+fn ok_with_contact(fwd: &str) -> String {
+    answer(fwd, 200, "t")
+        .replace("Content-Length: 0", "Contact: <sip:pbx@127.0.0.1:5070>\r\nContent-Length: 0")
+}
+
+#[test]
+fn an_unacknowledged_2xx_ends_the_call_with_bye_to_both_sides() {
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let mut r = Rig::over(transport);
+        let fwd = r
+            .send_to_pbx(&invite("u1").replace("SIP/2.0/UDP", &format!("SIP/2.0/{}", transport.via_token())));
+        let (pbx, caller) = (r.pbx, r.caller);
+        r.deliver(pbx, &ok_with_contact(&fwd));
+        assert_eq!(r.limits.total_channels(), 5);
+        // No ACK. Just before 64*T1 the call still holds its channels...
+        let early = r.advance(Duration::from_millis(31_900));
+        assert!(!early.iter().any(|(_, m)| m.starts_with("BYE ")), "{transport:?}: no BYE before 64*T1");
+        assert_eq!(r.limits.total_channels(), 5);
+        // ...and a tick after it they are free and both sides are told.
+        let out = r.advance(Duration::from_millis(200));
+        assert_eq!(r.limits.total_channels(), 0, "{transport:?}: channels released at 64*T1");
+        let to_pbx = out.iter().find(|(to, m)| *to == pbx && m.starts_with("BYE ")).map(|(_, m)| m.clone());
+        let to_pbx = to_pbx.unwrap_or_else(|| panic!("{transport:?}: the PBX gets BYE: {out:?}"));
+        assert!(to_pbx.starts_with("BYE sip:pbx@127.0.0.1:5070 SIP/2.0"), "{to_pbx}");
+        assert!(to_pbx.contains("From: <sip:a@x>;tag=fu1") && to_pbx.contains(";tag=t"), "{to_pbx}");
+        assert!(to_pbx.contains("CSeq: 2 BYE"), "{to_pbx}");
+        assert!(out.iter().any(|(to, m)| *to == caller && m.starts_with("BYE ")), "the caller gets BYE too");
+        // The PBX's 200 to sluice's BYE ends that transaction; a new call fits again.
+        r.deliver(pbx, &answer(&to_pbx, 200, "t"));
+        let again = r
+            .send_to_pbx(&invite("u2").replace("SIP/2.0/UDP", &format!("SIP/2.0/{}", transport.via_token())));
+        assert!(again.starts_with("INVITE "));
+        r.deliver(pbx, &ok_with_contact(&again));
+        r.send_to_pbx(&in_dialog("ACK", "u2", 1, "ack2"));
+        let bye = r.send_to_pbx(&in_dialog("BYE", "u2", 2, "bye2"));
+        r.deliver(pbx, &answer(&bye, 200, "t"));
+        r.advance(Duration::from_secs(40));
+        r.assert_empty();
+    }
+}
+
+#[test]
+fn a_late_ack_within_64_t1_keeps_the_call() {
+    let mut r = Rig::new();
+    let fwd = r.send_to_pbx(&invite("l1"));
+    let pbx = r.pbx;
+    r.deliver(pbx, &ok_with_contact(&fwd));
+    r.advance(Duration::from_secs(31));
+    r.send_to_pbx(&in_dialog("ACK", "l1", 1, "ack"));
+    let out = r.advance(Duration::from_secs(60));
+    assert!(!out.iter().any(|(_, m)| m.starts_with("BYE ")), "an ACKed call is not ended");
+    assert_eq!(r.proxy.active_calls(), 1);
+    assert_eq!(r.limits.total_channels(), 5);
+}
+
+#[test]
+fn a_reinvite_2xx_without_ack_does_not_end_an_established_call() {
+    let mut r = Rig::new();
+    let fwd = r.send_to_pbx(&invite("x1"));
+    let pbx = r.pbx;
+    r.deliver(pbx, &ok_with_contact(&fwd));
+    r.send_to_pbx(&in_dialog("ACK", "x1", 1, "ack"));
+    let reinvite = r.send_to_pbx(&in_dialog("INVITE", "x1", 2, "re"));
+    r.deliver(pbx, &answer(&reinvite, 200, "t"));
+    let out = r.advance(Duration::from_secs(60));
+    assert!(!out.iter().any(|(_, m)| m.starts_with("BYE ")), "the re-INVITE's missing ACK ends nothing");
+    assert_eq!(r.proxy.active_calls(), 1);
+}
+
+#[test]
+fn ringing_forever_frees_the_channel_and_tells_both_sides() {
+    let mut r = Rig::new();
+    let fwd = r.send_to_pbx(&invite("t1"));
+    let (pbx, caller) = (r.pbx, r.caller);
+    r.deliver(pbx, &answer(&fwd, 180, "t"));
+    assert_eq!(r.limits.total_channels(), 5);
+    let out = r.advance(Duration::from_secs(181));
+    let cancel = out.iter().find(|(to, m)| *to == pbx && m.starts_with("CANCEL ")).map(|(_, m)| m.clone());
+    let cancel = cancel.expect("Timer C sends CANCEL downstream");
+    r.deliver(pbx, &answer(&cancel, 200, "t"));
+    let out = r.deliver(pbx, &answer(&fwd, 487, "t"));
+    assert!(out.iter().any(|(to, m)| *to == caller && m.starts_with("SIP/2.0 487")), "487 upstream");
+    assert_eq!(r.limits.total_channels(), 0, "the channel is free at the final answer");
+    r.deliver(caller, &in_dialog("ACK", "t1", 1, "t1"));
     r.advance(Duration::from_secs(40));
     r.assert_empty();
 }

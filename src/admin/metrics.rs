@@ -135,6 +135,14 @@ fn build(admin: &Admin) -> Option<String> {
     blocked.set(get(&stats.flood_blocked) as i64);
     registry.register(Box::new(blocked)).ok()?;
 
+    let unacked = counter(
+        &registry,
+        "sluice_calls_unacked_total",
+        "Calls ended by sluice because the 2xx was never acknowledged within 64*T1.",
+        &[],
+    )?;
+    unacked.with_label_values(&[] as &[&str]).inc_by(get(&stats.calls_unacked));
+
     let queue = IntGauge::new("sluice_queue_depth", "INVITEs waiting in the spike buffer.").ok()?;
     queue.set(get(&stats.queue_depth) as i64);
     registry.register(Box::new(queue)).ok()?;

@@ -52,6 +52,8 @@ impl Proxy {
             expiry,
             deadline,
             reservation: Some(reservation),
+            teardown: None,
+            ack_wait: None,
         };
         self.dialogs.insert(call, dialog);
     }
@@ -126,6 +128,9 @@ impl Proxy {
     pub(super) fn drop_call(&mut self, now: Instant, call: &CallKey, why: CallEnd) {
         if let Some(d) = self.dialogs.remove(call) {
             self.timers.cancel(d.expiry);
+            if let Some(t) = d.ack_wait {
+                self.timers.cancel(t);
+            }
             if let Some(r) = d.reservation {
                 self.limiter.release(now, r);
             }

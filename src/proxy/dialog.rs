@@ -63,6 +63,10 @@ pub struct Dialog {
     pub deadline: tokio::time::Instant,
     /// Channels held by the call; taken (and released) exactly once when it ends.
     pub reservation: Option<crate::limit::Reservation>,
+    /// From the first 2xx until the caller's ACK: the BYEs that end the call if no ACK comes,
+    /// and the timer that sends them (64*T1).
+    pub teardown: Option<Box<super::teardown::Teardown>>,
+    pub ack_wait: Option<super::timer::TimerKey>,
 }
 
 /// Which way an in-dialog request travels.

@@ -19,6 +19,7 @@ mod request;
 mod response;
 pub mod sanity;
 pub mod stamp;
+mod teardown;
 mod timeouts;
 pub mod timer;
 pub mod transaction;
@@ -105,6 +106,8 @@ pub struct Proxy {
     customers: CustomerIndex,
     /// New calls recently challenged (401/407): their expiry timers.
     challenged: HashMap<CallKey, timer::TimerKey>,
+    /// Requests sluice sent on its own (BYE of an unacknowledged call), by branch.
+    own: HashMap<Vec<u8>, teardown::OwnRequest>,
     /// New calls parked for admission (spike buffer or a cluster answer), so a second
     /// INVITE of the same call cannot slip in beside them.
     parked: HashMap<CallKey, TxId>,
@@ -134,6 +137,7 @@ impl Proxy {
             customers: CustomerIndex::new(&config),
             challenged: HashMap::new(),
             parked: HashMap::new(),
+            own: HashMap::new(),
             queue: Default::default(),
             queue_timer: None,
             backoff: HashMap::new(),
@@ -269,7 +273,7 @@ impl Proxy {
 
     /// Sizes of the internal tables, for tests and /status: (transactions, dialogs, timers).
     pub fn table_sizes(&self) -> (usize, usize, usize) {
-        (self.txs.len(), self.dialogs.len() + self.challenged.len(), self.timers.len())
+        (self.txs.len() + self.own.len(), self.dialogs.len() + self.challenged.len(), self.timers.len())
     }
 
     /// One line per live transaction (state, method, Call-ID), for tests that find a leak.

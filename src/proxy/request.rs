@@ -505,7 +505,11 @@ impl Proxy {
             return;
         };
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
-        let Some(target) = self.find_call(call_id, from_tag, to_tag).and_then(|(call, dir)| {
+        let found = self.find_call(call_id, from_tag, to_tag);
+        if let Some((call, Direction::ToCallee)) = &found {
+            self.acked(call);
+        }
+        let Some(target) = found.and_then(|(call, dir)| {
             let d = self.dialogs.get(&call)?;
             Some(match dir {
                 Direction::ToCallee => d.callee,

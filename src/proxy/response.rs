@@ -45,6 +45,9 @@ impl Proxy {
                 }
             }
         }
+        if id.is_none() && self.own_answered(source, msg) {
+            return;
+        }
         if cseq_method == b"CANCEL" {
             // The gateway's answer to our CANCEL: stop retransmitting it.
             if let Some(branch) = id.and_then(|id| self.txs.get_mut(&id)).and_then(|t| t.branch.as_mut()) {
@@ -78,7 +81,7 @@ impl Proxy {
     /// transport and address (UDP: address and port), over TCP also the very connection or
     /// any connection from that host, and any address of the same carrier (a multi-homed
     /// carrier answering from another of its configured gateways).
-    fn answers_for(&self, source: Peer, target: Peer) -> bool {
+    pub(super) fn answers_for(&self, source: Peer, target: Peer) -> bool {
         if source.transport != target.transport {
             return false;
         }
@@ -150,7 +153,7 @@ impl Proxy {
             // An accepted INVITE absorbs retransmissions silently and 2xx retransmissions
             // come from the gateway: nothing to keep. A non-INVITE re-sends its answer.
             tx.last_response = if tx.is_invite { None } else { Some(data.clone()) };
-            tx.request = Bytes::new();
+            let request = std::mem::take(&mut tx.request);
             let linger = if tx.is_invite || to.transport == Transport::Udp {
                 LINGER
             } else {
@@ -170,6 +173,7 @@ impl Proxy {
                 if creates_dialog {
                     let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
                     self.confirm_call(&call, to_tag, branch.as_ref().map(|b| b.target));
+                    self.expect_ack(now, &call, request, data.clone());
                 }
                 if creates_dialog || refreshes {
                     if let Some(seconds) = session_expires(msg) {

@@ -21,6 +21,8 @@ impl Proxy {
             Timer::ResendCancel(id, n) => self.resend_cancel(now, id, n, out),
             Timer::Forget(id) => self.forget(id),
             Timer::ServeQueue => self.serve_queue(now, out),
+            Timer::AckWait(call) => self.ack_timeout(now, &call, out),
+            Timer::ResendOwn(branch) => self.resend_own(now, &branch, out),
             Timer::ChallengeExpiry(call) => {
                 self.challenged.remove(&call);
             }

@@ -37,6 +37,10 @@ pub enum Timer {
     DialogExpiry(super::dialog::CallKey),
     /// Offer the spike buffer's waiting calls to the limiter again.
     ServeQueue,
+    /// 64*T1 after a call's first 2xx: if no ACK passed, the call is ended.
+    AckWait(super::dialog::CallKey),
+    /// Retransmit (or give up on) a request sluice sent on its own (branch).
+    ResendOwn(Vec<u8>),
     /// A remembered 401/407 challenge (of this call) is forgotten.
     ChallengeExpiry(super::dialog::CallKey),
 }

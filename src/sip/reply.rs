@@ -112,6 +112,41 @@ pub fn hop_request(forwarded: &Message<'_>, method: &str, to_line: Option<&[u8]>
     out
 }
 
+/// Builds a request the proxy originates inside a dialog (the BYE that ends a call whose 2xx
+/// was never acknowledged): `uri` is the peer's Contact, `routes` its route set in order,
+/// `from` / `to` the header values with their tags, `via` the proxy's own Via value.
+#[allow(clippy::too_many_arguments)]
+pub fn dialog_request(
+    method: &str,
+    uri: &[u8],
+    via: &[u8],
+    routes: &[&[u8]],
+    from: &[u8],
+    to: &[u8],
+    call_id: &[u8],
+    cseq: u32,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let _ = write!(out, "{method} ");
+    out.extend_from_slice(uri);
+    out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+    out.extend_from_slice(via);
+    out.extend_from_slice(b"\r\n");
+    for r in routes {
+        out.extend_from_slice(b"Route: ");
+        out.extend_from_slice(r);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Max-Forwards: 70\r\nFrom: ");
+    out.extend_from_slice(from);
+    out.extend_from_slice(b"\r\nTo: ");
+    out.extend_from_slice(to);
+    out.extend_from_slice(b"\r\nCall-ID: ");
+    out.extend_from_slice(call_id);
+    let _ = write!(out, "\r\nCSeq: {cseq} {method}\r\nUser-Agent: {PRODUCT}\r\nContent-Length: 0\r\n\r\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
