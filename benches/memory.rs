@@ -23,6 +23,8 @@ fn rss_bytes() -> u64 {
 }
 
 fn main() {
+    // First, before other parts free memory the allocator would hand back to it.
+    refused_invites();
     // Calls: INVITE from one of 1000 callers, 200 OK, ACK; then wait out the INVITE
     // transactions' linger so only the call records (and their reservations) remain.
     let config = Arc::new(Config::parse("bench", CONFIG).expect("config"));
@@ -94,6 +96,35 @@ fn main() {
     let evicted = keys.evict_idle(t + std::time::Duration::from_secs(2));
     println!("evicted when idle: {evicted}, left: {}", keys.len());
     blocked_sources();
+}
+
+/// Memory per refused INVITE (server cps = 1, so all but the first are refused), with the
+/// refusal as a transaction (below the pressure threshold) and without state (above it).
+fn refused_invites() {
+    let text = CONFIG.replace("cps = 1000000\n", "cps = 1\n");
+    let config = Arc::new(Config::parse("bench", &text).expect("config"));
+    let n = 100_000u32;
+    for (mode, stateless_above) in
+        [("stateless (above the threshold)", 0), ("transaction (below it)", usize::MAX)]
+    {
+        let mut proxy = Proxy::new(config.clone(), Arc::new(Stats::default()), 1);
+        proxy.set_stateless_above(stateless_above);
+        let now = Instant::now();
+        let before = rss_bytes();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let caller =
+                Peer::udp(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0d00_0000 + i)), 5060));
+            let invite = format!(
+                "INVITE sip:15551230000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKr{i}\r\nMax-Forwards: 70\r\nFrom: <sip:a@x>;tag=f{i}\r\nTo: <sip:15551230000@x>\r\nCall-ID: refused-{i}@bench\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{a}>\r\nContent-Type: application/sdp\r\nContent-Length: 0\r\n\r\n",
+                a = caller.addr
+            );
+            proxy.on_message(now, caller, invite.as_bytes(), &mut out);
+            out.clear();
+        }
+        let per = rss_bytes().saturating_sub(before) / u64::from(n);
+        println!("refused INVITEs as {mode}: {per} bytes each ({} transactions live)", proxy.transactions());
+    }
 }
 
 /// Flood protection's memory with 1,000,000 spoofed sources blocked at once (each sent two

@@ -16,6 +16,7 @@ const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\ngateway_tim
 
 struct Rig {
     proxy: Proxy,
+    stats: Arc<Stats>,
     limits: Arc<MemoryStore>,
     now: Instant,
     caller: Peer,
@@ -39,8 +40,10 @@ impl Rig {
             Transport::Udp => Peer::udp(addr.parse().unwrap()),
             Transport::Tcp => Peer::tcp(addr.parse().unwrap(), conn),
         };
+        let stats = Arc::new(Stats::default());
         Self {
-            proxy: Proxy::with_store(config, Arc::new(Stats::default()), 3, limits.clone()),
+            proxy: Proxy::with_store(config, stats.clone(), 3, limits.clone()),
+            stats,
             limits,
             now: Instant::now(),
             // The caller's connection is the one it came on; sluice opens its own to the PBX.
@@ -81,6 +84,10 @@ impl Rig {
             }));
         }
         all
+    }
+
+    fn proxy_stats(&self) -> &Stats {
+        &self.stats
     }
 
     fn assert_empty(&self) {
@@ -320,4 +327,49 @@ fn ringing_forever_frees_the_channel_and_tells_both_sides() {
     r.deliver(caller, &in_dialog("ACK", "t1", 1, "t1"));
     r.advance(Duration::from_secs(40));
     r.assert_empty();
+}
+
+/// A config whose server takes one call per second.
+fn one_cps_rig() -> Rig {
+    let mut r = Rig::new();
+    let text = CONFIG.replace("[limits]\n", "[limits]\ncps = 1\n");
+    r.proxy.reload(Arc::new(Config::parse("t", &text).unwrap()));
+    r
+}
+
+#[test]
+fn refusals_under_pressure_carry_no_state_and_retransmissions_are_counted_once() {
+    let mut r = one_cps_rig();
+    r.proxy.set_stateless_above(0);
+    let caller = r.caller;
+    r.send_to_pbx(&invite("p0"));
+    let tables = r.proxy.table_sizes();
+    let first = r.deliver(caller, &invite("p1"));
+    let refusal =
+        first.iter().find(|(to, m)| *to == caller && m.starts_with("SIP/2.0 503")).map(|(_, m)| m.clone());
+    let refusal = refusal.expect("503 CPS Limit reached");
+    assert!(refusal.starts_with("SIP/2.0 503 CPS Limit reached"), "{refusal}");
+    assert_eq!(r.proxy.table_sizes(), tables, "the refusal left no transaction, dialog or timer behind");
+    // A second later the limit has room again; a retransmission of the refused INVITE still
+    // gets the identical answer (not a new call), and is not counted again.
+    r.advance(Duration::from_millis(1100));
+    let again = r.deliver(caller, &invite("p1"));
+    assert_eq!(again, vec![(caller, refusal)], "byte for byte the same answer");
+    let stats = r.proxy_stats();
+    assert_eq!(stats.calls_rejected_cps.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn refusals_below_the_threshold_are_transactions() {
+    let mut r = one_cps_rig();
+    let caller = r.caller;
+    r.send_to_pbx(&invite("q0"));
+    let before = r.proxy.transactions();
+    let out = r.deliver(caller, &invite("q1"));
+    assert!(out.iter().any(|(_, m)| m.starts_with("SIP/2.0 503")));
+    assert_eq!(r.proxy.transactions(), before + 1, "Timer G needs the transaction");
+    assert!(
+        r.advance(Duration::from_secs(2)).iter().any(|(to, m)| *to == caller && m.starts_with("SIP/2.0 503")),
+        "retransmitted until ACK"
+    );
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::dialog::CallKey;
+use super::refused::Refused;
 use super::timer::{LINGER, Timer};
 use super::transaction::{Target, TxId};
 use super::{Action, Proxy};
@@ -74,8 +75,7 @@ impl Proxy {
         key: Vec<u8>,
     ) -> Option<(Vec<Target>, Reservation)> {
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
-        let call = CallKey::new(ctx.call_id, from_tag);
-        let count_cps = !self.take_challenge(&call);
+        let count_cps = !self.take_challenge(ctx.call_id, from_tag);
         if self.limiter.asynchronous() {
             // A shared store: no round trip on the SIP path. The call waits (100 Trying)
             // for the store's answer, which arrives through on_admission.
@@ -418,24 +418,51 @@ impl Proxy {
 
     /// The answer for a refusal, counted: (status, reason, extra header name, its value).
     fn refusal_answer(&self, rejection: &Rejection) -> (u16, String, Option<&'static str>, String) {
-        let overflow = &self.config.overflow;
         self.stats.limit_hit(&rejection.key, rejection.kind);
-        if rejection.key.scope == Scope::Server && !overflow.redirect.is_empty() {
-            Stats::bump(&self.stats.calls_redirected);
+        let how = self.refused_how(rejection);
+        Stats::bump(match (how.redirected, how.channels) {
+            (true, _) => &self.stats.calls_redirected,
+            (false, false) => &self.stats.calls_rejected_cps,
+            (false, true) => &self.stats.calls_rejected_channels,
+        });
+        self.answer_for(how)
+    }
+
+    /// How a rejection is answered: 302 when the server-wide limit is full and redirect is set.
+    fn refused_how(&self, rejection: &Rejection) -> Refused {
+        Refused {
+            channels: rejection.kind == Refusal::Channels,
+            redirected: rejection.key.scope == Scope::Server && !self.config.overflow.redirect.is_empty(),
+        }
+    }
+
+    /// The answer for a refusal (nothing counted): (status, reason, extra header, its value).
+    fn answer_for(&self, how: Refused) -> (u16, String, Option<&'static str>, String) {
+        let overflow = &self.config.overflow;
+        if how.redirected {
             return (302, "Moved Temporarily".into(), Some("Contact"), overflow.redirect.join(", "));
         }
-        let reason = match rejection.kind {
-            Refusal::Cps => {
-                Stats::bump(&self.stats.calls_rejected_cps);
-                overflow.cps_reason.clone()
-            }
-            Refusal::Channels => {
-                Stats::bump(&self.stats.calls_rejected_channels);
-                overflow.channels_reason.clone()
-            }
-        };
+        let reason =
+            if how.channels { overflow.channels_reason.clone() } else { overflow.cps_reason.clone() };
         let retry = (overflow.retry_after > 0).then_some("Retry-After");
         (overflow.status, reason, retry, overflow.retry_after.to_string())
+    }
+
+    /// A retransmission of an INVITE refused without state: the same answer again, counted
+    /// nowhere. True when `key` names such a request.
+    pub(super) fn refused_again(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        key: &[u8],
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(how) = self.refused.get(self.secret.hash(key)) else { return false };
+        let (status, reason, header, value) = self.answer_for(how);
+        let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
+        self.reply(now, msg, source, super::Answer::new(status, &reason), &extra, out);
+        true
     }
 
     /// Answers a call no limit had room for: `503 CPS Limit reached` / `503 Channel Limit
@@ -457,6 +484,14 @@ impl Proxy {
         let decision = if status == 302 { "redirected" } else { "rejected" };
         self.log_decision(now, ctx, None, plan, decision, Some(rejection), true, None);
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
+        if self.under_pressure() {
+            // No transaction: the answer is a function of the request, and the table above
+            // makes a retransmission get it again, uncounted.
+            let how = self.refused_how(rejection);
+            self.refused.remember(self.secret.hash(&key), how);
+            self.reply(now, msg, ctx.source, super::Answer::new(status, &reason), &extra, out);
+            return;
+        }
         let Some(id) = self.new_tx(now, ctx.source, msg, key, Vec::new(), false) else { return };
         self.final_answer(now, id, status, &reason, &extra, out);
     }
@@ -496,8 +531,10 @@ impl Proxy {
 
     /// True (once) when this INVITE answers a recent challenge of the same call (Call-ID
     /// and From tag).
-    fn take_challenge(&mut self, call: &CallKey) -> bool {
-        let Some(timer) = self.challenged.remove(call) else { return false };
+    fn take_challenge(&mut self, call_id: &[u8], from_tag: &[u8]) -> bool {
+        let Some(timer) = self.challenged.remove(&*super::dialog::KeyBytes::of(call_id, from_tag)) else {
+            return false;
+        };
         self.timers.cancel(timer);
         true
     }

@@ -4,7 +4,7 @@
 
 use tokio::time::Instant;
 
-use super::dialog::CallKey;
+use super::dialog::KeyBytes;
 use super::{Action, Answer, Proxy};
 use crate::auth::Outcome;
 use crate::auth::digest::{MAX_TRIES, realm_of};
@@ -37,15 +37,13 @@ impl Proxy {
             .map(|h| msg.bytes(h.value))
             .find(|v| realm_of(v) == Some(realm));
         let call =
-            CallKey::new(msg.call_id().unwrap_or_default(), msg.tag(HeaderName::From).unwrap_or_default());
+            KeyBytes::of(msg.call_id().unwrap_or_default(), msg.tag(HeaderName::From).unwrap_or_default());
         let method = match msg.start {
             crate::sip::StartLine::Request { method_name, .. } => msg.bytes(method_name),
             crate::sip::StartLine::Response { .. } => b"",
         };
         let outcome = match ours {
-            Some(value) => {
-                verifier.verify(now, call.bytes(), method, msg.request_uri().unwrap_or_default(), value)
-            }
+            Some(value) => verifier.verify(now, &call, method, msg.request_uri().unwrap_or_default(), value),
             None if must => Outcome::Missing,
             None => return Some(None),
         };
@@ -74,7 +72,7 @@ impl Proxy {
                 (tries, false)
             }
         };
-        let [sha256, md5] = verifier.challenge(now, call.bytes(), tries, stale);
+        let [sha256, md5] = verifier.challenge(now, &call, tries, stale);
         self.reply(
             now,
             msg,

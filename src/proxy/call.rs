@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Proxy;
-use super::dialog::{CallKey, Dialog, Direction, Phase};
+use super::dialog::{CallKey, Dialog, Direction, KeyBytes, Phase};
 use super::timer::{LINGER, Timer};
 use crate::limit::Reservation;
 use crate::peer::Peer;
@@ -67,9 +67,8 @@ impl Proxy {
         to_tag: &[u8],
     ) -> Option<(CallKey, Direction)> {
         [from_tag, to_tag].into_iter().find_map(|tag| {
-            let key = CallKey::new(call_id, tag);
-            let direction = self.dialogs.get(&key)?.direction(from_tag, to_tag)?;
-            Some((key, direction))
+            let (key, d) = self.dialogs.get_key_value(&*KeyBytes::of(call_id, tag))?;
+            Some((key.clone(), d.direction(from_tag, to_tag)?))
         })
     }
 

@@ -9,23 +9,59 @@ use crate::peer::Peer;
 /// A call as RFC 3261 identifies its dialog from the proxy's seat: the Call-ID and the
 /// caller's From tag (the callee's tag is learned from the 2xx). Two INVITEs with one Call-ID
 /// and different From tags are two calls: neither can end, replace or release the other.
+///
+/// Shared (`Arc`): the timers and transactions of a call hold its key without copying it;
+/// maps keyed by it are looked up with [`KeyBytes`] (no allocation).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallKey(Box<[u8]>);
+pub struct CallKey(std::sync::Arc<[u8]>);
+
+impl std::borrow::Borrow<[u8]> for CallKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A call key's bytes for a lookup, on the stack when short (every realistic Call-ID).
+pub enum KeyBytes {
+    Stack([u8; 160], usize),
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for KeyBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Stack(buf, len) => buf.get(..*len).unwrap_or_default(),
+            Self::Heap(v) => v,
+        }
+    }
+}
+
+impl KeyBytes {
+    /// Length-prefixed, so no Call-ID/tag pair can spell another pair's key.
+    pub fn of(call_id: &[u8], caller_tag: &[u8]) -> Self {
+        let len = u32::try_from(call_id.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let total = 4 + call_id.len() + caller_tag.len();
+        if total <= 160 {
+            let mut buf = [0u8; 160];
+            buf[..4].copy_from_slice(&len);
+            buf[4..4 + call_id.len()].copy_from_slice(call_id);
+            buf[4 + call_id.len()..total].copy_from_slice(caller_tag);
+            Self::Stack(buf, total)
+        } else {
+            let mut v = Vec::with_capacity(total);
+            v.extend_from_slice(&len);
+            v.extend_from_slice(call_id);
+            v.extend_from_slice(caller_tag);
+            Self::Heap(v)
+        }
+    }
+}
 
 impl CallKey {
     pub fn new(call_id: &[u8], caller_tag: &[u8]) -> Self {
-        // Length-prefixed, so no Call-ID/tag pair can spell another pair's key.
-        let len = u32::try_from(call_id.len()).unwrap_or(u32::MAX);
-        let mut key = Vec::with_capacity(4 + call_id.len() + caller_tag.len());
-        key.extend_from_slice(&len.to_be_bytes());
-        key.extend_from_slice(call_id);
-        key.extend_from_slice(caller_tag);
-        Self(key.into_boxed_slice())
-    }
-
-    /// The key's bytes (what a nonce is bound to).
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
+        Self(std::sync::Arc::from(&*KeyBytes::of(call_id, caller_tag)))
     }
 
     /// The Call-ID part, for logs.

@@ -15,6 +15,7 @@ pub mod flood;
 pub mod forward;
 pub mod identity;
 pub(crate) mod ratelog;
+pub mod refused;
 mod request;
 mod response;
 pub mod sanity;
@@ -106,6 +107,10 @@ pub struct Proxy {
     customers: CustomerIndex,
     /// New calls recently challenged (401/407): their expiry timers.
     challenged: HashMap<CallKey, timer::TimerKey>,
+    /// Recently refused requests (answered statelessly under pressure), and the number of
+    /// live transactions beyond which refusals carry no state.
+    refused: refused::RecentRefusals,
+    stateless_above: usize,
     /// Requests sluice sent on its own (BYE of an unacknowledged call), by branch.
     own: HashMap<Vec<u8>, teardown::OwnRequest>,
     /// New calls parked for admission (spike buffer or a cluster answer), so a second
@@ -138,6 +143,8 @@ impl Proxy {
             challenged: HashMap::new(),
             parked: HashMap::new(),
             own: HashMap::new(),
+            refused: refused::RecentRefusals::default(),
+            stateless_above: refused::STATELESS_ABOVE,
             queue: Default::default(),
             queue_timer: None,
             backoff: HashMap::new(),
@@ -276,6 +283,18 @@ impl Proxy {
         (self.txs.len() + self.own.len(), self.dialogs.len() + self.challenged.len(), self.timers.len())
     }
 
+    /// Changes the number of live transactions beyond which refusals are answered without
+    /// state (benches and tests compare both modes).
+    #[doc(hidden)]
+    pub fn set_stateless_above(&mut self, transactions: usize) {
+        self.stateless_above = transactions;
+    }
+
+    /// True when the transaction table is so full that refusals should carry no state.
+    fn under_pressure(&self) -> bool {
+        self.txs.len() >= self.stateless_above
+    }
+
     /// One line per live transaction (state, method, Call-ID), for tests that find a leak.
     #[doc(hidden)]
     pub fn describe_transactions(&self) -> Vec<String> {
@@ -305,7 +324,7 @@ impl Proxy {
 
     /// The call with this Call-ID and caller tag, if tracked.
     fn call(&self, call_id: &[u8], caller_tag: &[u8]) -> Option<&Dialog> {
-        self.dialogs.get(&CallKey::new(call_id, caller_tag))
+        self.dialogs.get(&*dialog::KeyBytes::of(call_id, caller_tag))
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -331,7 +350,8 @@ impl Proxy {
         extra: &[(&str, &[u8])],
         out: &mut Vec<Action>,
     ) {
-        if msg.method() == Some(crate::sip::Method::Invite) && answer.status >= 300 {
+        if msg.method() == Some(crate::sip::Method::Invite) && answer.status >= 300 && !self.under_pressure()
+        {
             let key = request::server_key(msg, None);
             if !self.by_server.contains_key(&key) {
                 if let Some(id) = self.new_tx(now, source, msg, key, Vec::new(), false) {

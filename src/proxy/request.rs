@@ -252,6 +252,9 @@ impl Proxy {
                 d.channels = None;
             }
         }
+        if self.refused_again(now, source, msg, &key, out) {
+            return;
+        }
         let ctx = CallContext { call_id, source, customer, user, number };
         let Some((targets, reservation)) = self.admit(now, plan, &ctx, msg, out, key.clone()) else {
             return;
