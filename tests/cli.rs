@@ -36,6 +36,28 @@ fn check_lists_every_error_and_exits_1() {
 }
 
 #[test]
+fn check_refuses_durations_no_clock_can_hold() {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-bounds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("absurd.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\ngateway_timeout_ms = 9223372036854775807\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n[limits]\nmax_call_seconds = 9223372036854775807\n[overflow]\nqueue_ms = 9223372036854775000\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("absurd.toml:3: server.gateway_timeout_ms: must be between 100 and 300000"),
+        "{err}"
+    );
+    assert!(err.contains("absurd.toml:11: limits.max_call_seconds"), "{err}");
+    assert!(err.contains("absurd.toml:13: overflow.queue_ms: must be at most 60000"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn run_logs_json_and_drains_on_sigterm() {
     let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("sluice-run-{}", std::process::id()));

@@ -67,19 +67,28 @@ async fn forged_udp_responses_decide_nothing() {
 }
 
 #[tokio::test]
-async fn forged_tcp_response_from_another_host_is_ignored() {
+async fn forged_tcp_responses_from_another_host_and_the_caller_are_ignored() {
     let mut pbx = Endpoint::tcp_server().await;
     let running = start(&config_with(&[pbx.uri()], "", "")).await;
     let tcp = running.addr(Transport::Tcp).unwrap();
-    let mut caller = Endpoint::tcp_client(tcp).await;
+    // The caller on a host of its own (a TCP answer is accepted from the gateway's host).
+    let mut caller = Endpoint::tcp_client_from("127.0.0.5", tcp).await;
     caller.send(tcp, invite(&caller, "forge-tcp", "ft", "100", tcp).as_bytes()).await;
     caller.expect("SIP/2.0 100").await;
     let (inv, _) = pbx.expect("INVITE ").await;
 
     let mut attacker = Endpoint::tcp_client_from("127.0.0.9", tcp).await;
     attacker.send(tcp, respond(&inv, 486, "Busy Here", Some("forged"), "", None).as_bytes()).await;
+    // The caller itself, on its own connection, answering for the gateway.
+    caller
+        .send(
+            tcp,
+            respond(&inv, 503, "Service Unavailable", Some("forged"), "Retry-After: 3600\r\n", None)
+                .as_bytes(),
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stray(&running, Stray::WrongSource), 1);
+    assert_eq!(stray(&running, Stray::WrongSource), 2);
     assert!(caller.recv_within(Duration::from_millis(100)).await.is_none(), "no answer reached the caller");
 
     // The gateway's own answer, on its connection, is the one that counts.

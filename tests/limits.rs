@@ -227,7 +227,9 @@ async fn full_carrier_fails_over_to_the_next() {
 
 #[tokio::test]
 async fn server_full_redirects_with_302() {
-    let extra = "[limits]\nchannels = 1\n[overflow]\nredirect = [\"<sip:edge2.example.net>\", \"<sip:edge3.example.net;transport=tcp>\"]\n";
+    // One Contact as a bare URI with a parameter: it must go out in angle brackets, or the
+    // parameter would become a header parameter of the Contact (RFC 3261 §20.10).
+    let extra = "[limits]\nchannels = 1\n[overflow]\nredirect = [\"<sip:edge2.example.net>\", \"sip:edge3.example.net;transport=tcp\"]\n";
     let (running, _seen) = setup(Pbx::Answer, "", extra).await;
     let proxy = running.addr(Transport::Udp).unwrap();
     let mut c = Endpoint::udp().await;
