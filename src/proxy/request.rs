@@ -88,20 +88,17 @@ impl Proxy {
             return;
         }
         if self.txs.len() >= MAX_TRANSACTIONS {
-            self.reply(
-                now,
-                msg,
-                source,
-                Answer::new(503, "Server Overloaded"),
-                &[("Retry-After", b"5")],
-                out,
-            );
-            return;
+            return self.overloaded(now, source, msg, out);
         }
         match msg.tag(HeaderName::To) {
             Some(to_tag) => self.in_dialog(now, source, msg, to_tag, key, out),
             None => self.initial(now, source, msg, uri, key, out),
         }
+    }
+
+    /// The state tables are full: `503 Server Overloaded`, try again in a few seconds.
+    fn overloaded(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
+        self.reply(now, msg, source, Answer::new(503, "Server Overloaded"), &[("Retry-After", b"5")], out);
     }
 
     /// A request the proxy cannot act on: `400`/`416` if it can be answered, else dropped.
@@ -214,15 +211,7 @@ impl Proxy {
             return;
         }
         if self.dialogs.len() >= MAX_DIALOGS {
-            self.reply(
-                now,
-                msg,
-                source,
-                Answer::new(503, "Server Overloaded"),
-                &[("Retry-After", b"5")],
-                out,
-            );
-            return;
+            return self.overloaded(now, source, msg, out);
         }
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let call = CallKey::new(call_id, from_tag);

@@ -92,7 +92,10 @@ impl Endpoint {
 
     /// A TCP client endpoint (a caller) connected to `to`.
     pub async fn tcp_client(to: SocketAddr) -> Self {
-        let s = TcpStream::connect(to).await.unwrap();
+        Self::connected(TcpStream::connect(to).await.unwrap())
+    }
+
+    fn connected(s: TcpStream) -> Self {
         let local = s.local_addr().unwrap();
         Self {
             transport: Transport::Tcp,
@@ -108,16 +111,7 @@ impl Endpoint {
     pub async fn tcp_client_from(ip: &str, to: SocketAddr) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-        let s = socket.connect(to).await.unwrap();
-        let local = s.local_addr().unwrap();
-        Self {
-            transport: Transport::Tcp,
-            udp: None,
-            tcp_listener: None,
-            tcp: Some(s),
-            buf: Vec::new(),
-            local,
-        }
+        Self::connected(socket.connect(to).await.unwrap())
     }
 
     pub fn uri(&self) -> String {
