@@ -148,6 +148,9 @@ impl Server {
             max_message: self.config.max_message_bytes,
             max_tcp_per_ip: self.config.max_tcp_per_ip,
             udp_pending: std::sync::atomic::AtomicUsize::new(0),
+            timer_wake: std::sync::atomic::AtomicU64::new(u64::MAX),
+            timer_bell: tokio::sync::Notify::new(),
+            clock_epoch: tokio::time::Instant::now(),
         });
         let mut tasks = JoinSet::new();
         for socket in self.udp {

@@ -7,7 +7,7 @@ mod common;
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn any_sequence_of_moves_keeps_the_invariants(moves in proptest::collection::vec(any::<u8>(), 0..300)) {

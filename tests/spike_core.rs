@@ -85,6 +85,67 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// Moves the clock to `t0 + ms`, firing each timer at its own deadline (what the runtime
+    /// does: it sleeps until the core's next deadline).
+    fn run_until(&mut self, t0: Instant, ms: u64) -> (usize, Vec<u16>) {
+        let end = t0 + Duration::from_millis(ms);
+        let (mut forwarded, mut statuses) = (0, Vec::new());
+        while let Some(due) = self.proxy.next_deadline().filter(|d| *d <= end) {
+            self.now = self.now.max(due);
+            let mut out = Vec::new();
+            self.proxy.on_timer(self.now, &mut out);
+            let (f, s) = self.split(out);
+            forwarded += f;
+            statuses.extend(s);
+        }
+        self.now = end;
+        (forwarded, statuses)
+    }
+}
+
+/// The burst the README describes: 50 INVITEs within 15 ms against `per_ip cps = 20` with a
+/// one-second wait. 20 go at once, 20 wait (each within one second of its slot), 10 would
+/// wait longer and are refused at once; the 20 waiting take the slots that open a second
+/// after the first 20, before their own deadlines: 40 admitted, exactly.
+#[test]
+fn a_burst_admits_the_waiting_calls_when_their_slots_open() {
+    let mut r = Rig::new("[limits]\nper_ip = { cps = 20 }\n[overflow]\nqueue_ms = 1000\nqueue_depth = 100\n");
+    let t0 = r.now;
+    let (mut forwarded, mut refused) = (0, 0);
+    for i in 0..50 {
+        r.now = t0 + Duration::from_micros(300 * i);
+        let (f, statuses) = r.invite(&format!("burst-{i}"));
+        forwarded += usize::from(f);
+        refused += statuses.iter().filter(|s| **s == 503).count();
+    }
+    assert_eq!((forwarded, refused), (20, 10), "20 at once, 10 refused at once, 20 waiting");
+    let (later, _) = r.run_until(t0, 2000);
+    assert_eq!(later, 20, "every waiting call got a slot before its deadline");
+    assert_eq!(r.proxy.active_calls(), 40);
+}
+
+/// The same burst with a timer that fires late (every 10 ms, as a busy runtime might): a
+/// slot that opened before a call's deadline is still that call's, even when the timer
+/// comes after the deadline. Admission is tried before expiry.
+#[test]
+fn a_late_timer_still_admits_before_it_expires() {
+    let mut r = Rig::new("[limits]\nper_ip = { cps = 20 }\n[overflow]\nqueue_ms = 1000\nqueue_depth = 100\n");
+    let t0 = r.now;
+    for i in 0..50 {
+        r.now = t0 + Duration::from_micros(50 * i);
+        r.invite(&format!("late-{i}"));
+    }
+    let mut later = 0;
+    while r.now < t0 + Duration::from_millis(2000) {
+        r.now += Duration::from_millis(10);
+        let mut out = Vec::new();
+        r.proxy.on_timer(r.now, &mut out);
+        later += r.split(out).0;
+    }
+    assert_eq!(later, 20, "the waiting calls took the slots that opened for them");
+}
+
 #[test]
 fn waiting_call_goes_exactly_when_the_window_frees() {
     let mut r = Rig::new("[limits]\ncps = 1\n[overflow]\nqueue_ms = 1500\n");

@@ -44,6 +44,12 @@ impl MemoryStore {
         })
     }
 
+    /// When a call refused by `key`'s CPS limit would fit again, if it is a CPS refusal.
+    pub fn opens_at(&self, now: Instant, key: &LimitKey, cps: Option<u32>) -> Option<Instant> {
+        let at = self.keys.get(key)?.lock().cps_opens_at(self.nanos(now), cps)?;
+        Some(self.epoch + std::time::Duration::from_nanos(at))
+    }
+
     /// Every key of a scope with (channels, cps last second), for /status and metrics.
     pub fn snapshot(&self, now: Instant, scope: Scope) -> Vec<(LimitKey, u32, u32)> {
         let now = self.nanos(now);
@@ -121,6 +127,10 @@ impl Store for MemoryStore {
         }
         drop(guards);
         Ok(Reservation::new(order.iter().map(|i| demands[*i].key.clone()).collect(), None))
+    }
+
+    fn cps_opens_at(&self, now: Instant, demand: &Demand) -> Option<Instant> {
+        self.opens_at(now, &demand.key, demand.cps)
     }
 
     fn release(&self, now: Instant, reservation: Reservation) {

@@ -206,6 +206,13 @@ pub trait Store: Send + Sync {
         false
     }
 
+    /// When a call this store refused under `demand`'s CPS limit would fit again, if it can
+    /// say (a shared store cannot without a round trip: `None`, and the caller polls).
+    fn cps_opens_at(&self, now: Instant, demand: &Demand) -> Option<Instant> {
+        let _ = (now, demand);
+        None
+    }
+
     /// Whether part of a reservation (the carrier/gateway keys) can be moved on failover.
     /// A shared store keeps the original egress accounting for the call instead.
     fn moves_egress(&self) -> bool {

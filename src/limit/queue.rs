@@ -93,6 +93,11 @@ impl<T: Copy + PartialEq> SpikeQueue<T> {
         false
     }
 
+    /// Every waiting call, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Waiting<T>> {
+        self.lanes.values().flat_map(|lane| lane.calls.values().flatten())
+    }
+
     /// Takes every call whose deadline has passed.
     pub fn expire(&mut self, now: Instant) -> Vec<Waiting<T>> {
         let mut out = Vec::new();

@@ -62,6 +62,15 @@ impl Counter {
         Ok(())
     }
 
+    /// When a call refused by this key's `cps` would fit again (ns): the moment the oldest
+    /// admission still in the window leaves it. `None` when it fits now or has no CPS limit.
+    pub fn cps_opens_at(&self, now: u64, cps: Option<u32>) -> Option<u64> {
+        let max = cps.filter(|m| *m > 0)? as usize;
+        let stale = self.times.iter().take_while(|t| now.saturating_sub(**t) >= SECOND).count();
+        let leaving = (self.times.len() - stale).checked_sub(max)?;
+        self.times.get(stale + leaving).map(|t| t.saturating_add(SECOND))
+    }
+
     /// Records an admission checked with [`Counter::check`] under the same limits.
     pub fn commit(&mut self, now: u64, cps: Option<u32>, count_cps: bool) {
         self.channels += 1;

@@ -58,7 +58,8 @@ impl PendingCall {
     }
 }
 
-/// How often the waiting room is offered to the limiter while it is not empty.
+/// How often the waiting room is offered to the limiter when no limit can say when it opens
+/// (channel waits, a shared store).
 const QUEUE_TICK: Duration = Duration::from_millis(5);
 
 impl Proxy {
@@ -233,9 +234,12 @@ impl Proxy {
     /// Puts a parked call in the spike buffer.
     fn wait_in_queue(&mut self, now: Instant, id: TxId, priority: i32, lane: &str) {
         let deadline = now + self.config.overflow.queue;
-        self.queue.push(priority, lane, Waiting { id, since: now, deadline });
+        let waiting = Waiting { id, since: now, deadline };
+        self.queue.push(priority, lane, waiting);
         Stats::bump(&self.stats.calls_queued);
-        self.queue_changed(now);
+        self.stats.queue_depth.store(self.queue.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let at = self.queue_event(now, &waiting);
+        self.serve_queue_at(Some(at));
     }
 
     /// Opens the transaction of a new call that must wait (spike buffer, or a shared store's
@@ -313,21 +317,48 @@ impl Proxy {
         }
     }
 
-    /// Keeps the depth gauge current and the serving timer scheduled while calls wait.
+    /// Keeps the depth gauge current and the serving timer set for the next moment anything
+    /// can change: the earliest instant a waiting call's limit opens, or a deadline.
     fn queue_changed(&mut self, now: Instant) {
         self.stats.queue_depth.store(self.queue.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if !self.queue.is_empty() && self.queue_timer.is_none() {
-            self.queue_timer = Some(self.timers.at(now + QUEUE_TICK, Timer::ServeQueue));
+        let next = self.queue.iter().map(|w| self.queue_event(now, w)).min();
+        self.serve_queue_at(next);
+    }
+
+    /// (Re)schedules the serving timer for `at` unless it is already due no later.
+    fn serve_queue_at(&mut self, at: Option<Instant>) {
+        let Some(at) = at else { return };
+        match self.queue_timer {
+            Some((scheduled, _)) if scheduled <= at => {}
+            old => {
+                if let Some(key) = old {
+                    self.timers.cancel(key);
+                }
+                self.queue_timer = Some(self.timers.at(at, Timer::ServeQueue));
+            }
         }
     }
 
-    /// Timer: refuse the calls whose wait is over, then admit what now fits, in service
-    /// order (priority lanes, customers in turn, arrival order).
+    /// When a waiting call next needs looking at: the moment its CPS limit has room (the
+    /// oldest admission leaves the window), else a short tick, and never after its deadline.
+    fn queue_event(&self, now: Instant, w: &Waiting<TxId>) -> Instant {
+        let opens = self.txs.get(&w.id).and_then(|t| t.pending.as_ref()).and_then(|p| {
+            if p.rejection.kind != Refusal::Cps {
+                return None;
+            }
+            let mut demands =
+                p.plan.common.iter().chain(p.plan.candidates.iter().flat_map(|c| c.demands.iter()));
+            let demand = demands.find(|d| d.key == p.rejection.key)?;
+            self.limiter.cps_opens_at(now, demand)
+        });
+        opens.unwrap_or(now + QUEUE_TICK).min(w.deadline).max(now)
+    }
+
+    /// Timer: admit what now fits, in service order (priority lanes, customers in turn,
+    /// arrival order), then refuse the calls whose wait is over. Admission comes first: a
+    /// slot that opens at a call's deadline is that call's.
     pub(super) fn serve_queue(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.queue_timer = None;
-        for w in self.queue.expire(now) {
-            self.expire_waiting(now, w.id, out);
-        }
         let mut queue = std::mem::take(&mut self.queue);
         let mut admitted: Vec<(TxId, usize, Reservation)> = Vec::new();
         queue.serve(|w, _| {
@@ -343,6 +374,9 @@ impl Proxy {
         self.queue = queue;
         for (id, i, reservation) in admitted {
             self.start_waiting(now, id, i, reservation, true, out);
+        }
+        for w in self.queue.expire(now) {
+            self.expire_waiting(now, w.id, out);
         }
         self.queue_changed(now);
     }

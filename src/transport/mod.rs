@@ -45,14 +45,35 @@ pub struct Shared {
     pub max_tcp_per_ip: u32,
     /// UDP sends waiting for kernel buffer space.
     pub udp_pending: AtomicUsize,
+    /// The timer task's wake-up: when it sleeps until (ns since `clock_epoch`), and the bell
+    /// rung when the core gets an earlier deadline than that.
+    pub timer_wake: std::sync::atomic::AtomicU64,
+    pub timer_bell: tokio::sync::Notify,
+    pub clock_epoch: Instant,
 }
 
 impl Shared {
     /// Runs the core on one received message and carries out what it decided.
     pub fn handle(self: &Arc<Self>, source: Peer, bytes: &[u8]) {
         let mut out = Vec::new();
-        self.core.lock().on_message(Instant::now(), source, bytes, &mut out);
+        let next = {
+            let mut core = self.core.lock();
+            core.on_message(Instant::now(), source, bytes, &mut out);
+            core.next_deadline()
+        };
+        self.wake_timers_for(next);
         self.dispatch(out);
+    }
+
+    /// Rings the timer task when the core now has a deadline before the one it sleeps to.
+    fn wake_timers_for(&self, next: Option<Instant>) {
+        if let Some(next) = next {
+            let at = next.saturating_duration_since(self.clock_epoch).as_nanos() as u64;
+            if at < self.timer_wake.load(Ordering::Relaxed) {
+                self.timer_wake.store(at, Ordering::Relaxed);
+                self.timer_bell.notify_one();
+            }
+        }
     }
 
     pub fn dispatch(self: &Arc<Self>, actions: Vec<Action>) {
@@ -105,7 +126,12 @@ impl Shared {
                 None => crate::limit::redis::Remote::Unavailable,
             };
             let mut out = Vec::new();
-            shared.core.lock().on_admission(Instant::now(), tx, answer, &mut out);
+            let next = {
+                let mut core = shared.core.lock();
+                core.on_admission(Instant::now(), tx, answer, &mut out);
+                core.next_deadline()
+            };
+            shared.wake_timers_for(next);
             shared.dispatch(out);
         });
     }
@@ -113,21 +139,30 @@ impl Shared {
     /// A request could not be delivered: let the core fail over.
     pub fn send_failed(self: &Arc<Self>, tx: crate::proxy::transaction::TxId, to: Peer) {
         let mut out = Vec::new();
-        self.core.lock().on_send_failed(Instant::now(), tx, to, &mut out);
+        let next = {
+            let mut core = self.core.lock();
+            core.on_send_failed(Instant::now(), tx, to, &mut out);
+            core.next_deadline()
+        };
+        self.wake_timers_for(next);
         self.dispatch(out);
     }
 
-    /// Drives the core's timers until shutdown. A 10 ms tick is far finer than any SIP timer
-    /// (T1 = 500 ms) and costs nothing measurable.
+    /// Drives the core's timers until shutdown. The task sleeps until the core's next
+    /// deadline (or the next idle-key sweep); a message that gives the core an earlier
+    /// deadline rings the bell. Timers fire at their instant, not on a polling tick.
     pub async fn run_timers(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_sweep = Instant::now() + EVICT_EVERY;
         loop {
+            let deadline = self.core.lock().next_deadline().map_or(next_sweep, |d| d.min(next_sweep));
+            let at = deadline.saturating_duration_since(self.clock_epoch).as_nanos() as u64;
+            self.timer_wake.store(at, Ordering::Relaxed);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.timer_bell.notified() => continue,
             }
+            self.timer_wake.store(u64::MAX, Ordering::Relaxed);
             let now = Instant::now();
             let mut out = Vec::new();
             {
