@@ -22,7 +22,7 @@ UAS_PORT=${UAS_PORT:-25070}
 UAC_PORT=${UAC_PORT:-25080}
 
 command -v sipp >/dev/null || { echo "sipp not found: apt-get install sip-tester" >&2; exit 1; }
-BIN=target/release/sluice
+BIN=${BIN:-target/release/sluice}
 [ -x "$BIN" ] || cargo build --release
 TICK=$(getconf CLK_TCK)
 
