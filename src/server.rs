@@ -138,6 +138,8 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(Proxy::with_store(self.config.clone(), stats.clone(), seed, store.clone())),
+            config: parking_lot::RwLock::new(self.config.clone()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             limits,
             store,
             cluster: cluster.clone(),
@@ -251,7 +253,7 @@ impl Running {
     /// Graceful stop: refuse new calls, let calls in progress finish for up to `drain`, then
     /// stop every task.
     pub async fn drain_and_stop(mut self, drain: Duration) {
-        self.shared.core.lock().start_draining();
+        self.shared.start_draining();
         tracing::info!(event = "server.draining", seconds = drain.as_secs(), "draining");
         let deadline = tokio::time::Instant::now() + drain;
         while tokio::time::Instant::now() < deadline {

@@ -161,7 +161,7 @@ async fn status_health_and_top_ips() {
     let screen = sluice::top::render(&s, None);
     assert!(screen.contains("127.0.0.3"));
 
-    running.shared.core.lock().start_draining();
+    running.shared.start_draining();
     assert_eq!(http(admin, "GET", "/health").await, (503, "draining".to_string()));
     running.stop().await;
 }

@@ -370,7 +370,7 @@ async fn draining_refuses_new_invites_with_503() {
     let pbx = Endpoint::udp().await;
     let running = start(&config_with(&[pbx.uri()], "", "")).await;
     let proxy = running.addr(Transport::Udp).unwrap();
-    running.shared.core.lock().start_draining();
+    running.shared.start_draining();
     let mut caller = Endpoint::udp().await;
     caller.send(proxy, invite(&caller, "drain", "d", "100", proxy).as_bytes()).await;
     let (resp, _) = caller.expect("SIP/2.0 ").await;

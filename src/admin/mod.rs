@@ -1,6 +1,7 @@
 //! The admin HTTP listener (`[server] admin`): `/health`, `/status`, `/metrics`, `/usage`
 //! and `POST /reload`, per `contract-admin.md`. Handlers read atomics and the limit store's
-//! per-key counters; the core lock is taken only to copy the config `Arc` or to swap it.
+//! per-key counters and the running config's `Arc`; they never take the SIP path's lock
+//! (a reload swaps the config in the core too).
 
 pub mod metrics;
 pub mod reload;
@@ -33,7 +34,7 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(shared: Arc<Shared>, usage: Arc<Mutex<UsageTracker>>) -> Self {
-        let config = shared.core.lock().config().clone();
+        let config = shared.config();
         let node = config.cluster.as_ref().map_or_else(crate::config::host_name, |c| c.node.clone());
         Self { shared, usage, started: Instant::now(), node }
     }
@@ -87,7 +88,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
 /// True when the request may use a path that needs the token: no token is configured, or
 /// it carries `Authorization: Bearer <token>` (compared without an early exit).
 fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
-    let token = admin.shared.core.lock().config().admin_token.clone();
+    let token = admin.shared.config().admin_token.clone();
     let Some(token) = token else { return true };
     let given = req
         .headers()
@@ -108,7 +109,7 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => {
-            if admin.shared.core.lock().is_draining() {
+            if admin.shared.is_draining() {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining")
             } else {
                 respond(StatusCode::OK, "text/plain", "ok")
@@ -124,7 +125,7 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 usage.roll(Instant::now());
                 usage.report()
             };
-            let window = admin.shared.core.lock().config().usage.window_days;
+            let window = admin.shared.config().usage.window_days;
             json(StatusCode::OK, &serde_json::json!({ "window_days": window, "scopes": rows }))
         }
         (&Method::POST, "/reload") => match reload::reload(&admin.shared) {

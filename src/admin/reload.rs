@@ -11,7 +11,7 @@ use crate::transport::Shared;
 /// Re-reads the config file. `Ok`: a summary of what changed; `Err`: every error, nothing
 /// changed.
 pub fn reload(shared: &Shared) -> Result<Vec<String>, Vec<String>> {
-    let current = shared.core.lock().config().clone();
+    let current = shared.config();
     let Some(path) = current.path.clone() else {
         return Err(vec!["the running configuration was not loaded from a file".into()]);
     };
@@ -47,7 +47,7 @@ pub fn reload(shared: &Shared) -> Result<Vec<String>, Vec<String>> {
         next.customers.len(),
         next.dids.len()
     ));
-    shared.core.lock().reload(Arc::new(next));
+    shared.swap_config(Arc::new(next));
     tracing::info!(event = "config.reloaded", path = %path.display(), changes = ?summary, "configuration reloaded");
     Ok(summary)
 }

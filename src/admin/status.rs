@@ -22,7 +22,7 @@ fn rejected(admin: &Admin, scope: Scope, name: &str) -> u64 {
 }
 
 pub fn status(admin: &Admin) -> Value {
-    let config = admin.shared.core.lock().config().clone();
+    let config = admin.shared.config();
     let store = &admin.shared.limits;
     let now = Instant::now();
     let usage = |key: LimitKey| store.usage(now, &key);
@@ -90,7 +90,7 @@ pub fn status(admin: &Admin) -> Value {
     json!({
         "node": admin.node,
         "uptime_seconds": admin.started.elapsed().as_secs(),
-        "draining": admin.shared.core.lock().is_draining(),
+        "draining": admin.shared.is_draining(),
         "server": { "cps": server_cps, "channels": server_channels, "limits": limits(&config.limits.limits),
                     "rejected": rejected(admin, Scope::Server, "") },
         "customers": customers,

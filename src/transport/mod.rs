@@ -36,6 +36,11 @@ const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Everything the socket tasks share.
 pub struct Shared {
     pub core: Mutex<Proxy>,
+    /// The running configuration for readers off the SIP path (admin API, reload): swapped
+    /// with the core's on reload, read without the core lock.
+    pub config: parking_lot::RwLock<Arc<crate::config::Config>>,
+    /// Set at SIGTERM (the core has its own copy): /health reads it without the core lock.
+    pub draining: std::sync::atomic::AtomicBool,
     /// The limit counters (also inside the core as its store), read without the core lock.
     pub limits: Arc<MemoryStore>,
     /// The store the core admits through (the same memory store, or the cluster store).
@@ -59,6 +64,27 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The running configuration (a pointer copy).
+    pub fn config(&self) -> Arc<crate::config::Config> {
+        self.config.read().clone()
+    }
+
+    /// Replaces the configuration for new calls, in the core and for every other reader.
+    pub fn swap_config(&self, next: Arc<crate::config::Config>) {
+        self.core.lock().reload(next.clone());
+        *self.config.write() = next;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// SIGTERM: new INVITEs are refused from now on; calls in progress go on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.core.lock().start_draining();
+    }
+
     /// Runs the core on one received message and carries out what it decided.
     pub fn handle(self: &Arc<Self>, source: Peer, bytes: &[u8]) {
         let mut out = Vec::new();
