@@ -248,12 +248,12 @@ impl Proxy {
         let Some((targets, reservation)) = self.admit(now, plan, &ctx, msg, out, key.clone()) else {
             return;
         };
-        let Some(id) = self.open_tx(now, source, msg, key, targets, true, out) else {
-            self.limiter.release(now, reservation);
-            return;
-        };
-        let first_target = self.txs.get(&id).and_then(|t| t.branch.as_ref()).map_or(source, |b| b.target);
-        self.open_call(now, call, from_tag, source, first_target, reservation);
+        // The call record first, so every way the transaction can end (even at once, when
+        // no target is left) ends the call and releases its channels.
+        self.open_call(now, call.clone(), from_tag, source, source, reservation);
+        if self.open_tx(now, source, msg, key, targets, true, out).is_none() {
+            self.drop_call(now, &call, super::call::CallEnd::Failed);
+        }
     }
 
     /// A request inside a dialog the proxy tracks: sent to the other side's peer. Anything
