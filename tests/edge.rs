@@ -350,3 +350,38 @@ async fn one_source_holds_at_most_its_share_of_tcp_connections() {
     assert!(!again.closed_within(Duration::from_millis(200)).await, "a freed slot is usable");
     running.stop().await;
 }
+
+/// A peer that starts a message and never finishes it (slowloris) is cut off after the
+/// incomplete-message timeout; tokio's paused clock stands in for the 30 s.
+#[tokio::test(start_paused = true)]
+async fn a_tcp_message_never_finished_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pbx = Endpoint::udp().await;
+    let running = start(&config_with(&[pbx.uri()], "", "")).await;
+    let tcp = running.addr(Transport::Tcp).unwrap();
+    let mut slow = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    slow.write_all(
+        b"INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKslow\r\n",
+    )
+    .await
+    .unwrap();
+    // Keep trickling a byte every 10 s: still cut off 30 s after the message began.
+    let mut closed = false;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+        if slow.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a message that never completes does not hold a connection");
+    running.stop().await;
+}
