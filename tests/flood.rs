@@ -36,9 +36,11 @@ async fn a_source_over_rps_is_dropped_while_other_callers_are_served() {
     while attacker.recv_within(Duration::from_millis(300)).await.is_some() {
         answered += 1;
     }
-    assert!(answered <= 50, "at most rps answers before the block, got {answered}");
+    // Counting is per clock second: a burst that straddles a second boundary may get rps in
+    // each of the two seconds before the block, never more.
+    assert!(answered <= 100, "at most rps answers a second before the block, got {answered}");
     let dropped = running.shared.stats.flood_dropped.load(Ordering::Relaxed);
-    assert!(dropped >= 450, "the rest dropped unanswered: {dropped}");
+    assert!(dropped >= 400, "the rest dropped unanswered: {dropped}");
     assert_eq!(running.shared.stats.flood_blocked.load(Ordering::Relaxed), 1);
 
     // Another host's call goes through meanwhile; the blocked host stays blocked.
