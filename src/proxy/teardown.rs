@@ -116,13 +116,15 @@ impl Proxy {
         self.send(out, target, data, None, true);
     }
 
-    /// A response to one of sluice's own requests, from where it went: it is done (a final
-    /// answer) or at least heard (a provisional one; Timer F still bounds it). True when the
-    /// response was for one of them.
+    /// A response to one of sluice's own requests: from where it went, a final answer ends
+    /// it (a provisional one changes nothing; Timer F still bounds it); from anywhere else it
+    /// is a forgery, counted. True when the response named one of them.
     pub(super) fn own_answered(&mut self, source: Peer, msg: &Message<'_>) -> bool {
         let Some(branch) = top_branch(msg) else { return false };
         let Some(r) = self.own.get(&branch) else { return false };
-        if self.answers_for(source, r.target) && msg.status().is_some_and(|s| s >= 200) {
+        if !self.answers_for(source, r.target) {
+            self.stats.stray_response(crate::stats::Stray::WrongSource);
+        } else if msg.status().is_some_and(|s| s >= 200) {
             self.own.remove(&branch);
         }
         true
