@@ -1,18 +1,45 @@
 //! Structured logs with tracing: JSON lines for log shippers or a human format for a
 //! terminal. RUST_LOG overrides the configured level.
+//!
+//! Lines are handed to a writer thread through a bounded queue (tracing-appender's
+//! non-blocking writer), because `call.admission` and other events are emitted on the SIP
+//! path: a slow terminal or a full pipe must never stall a message. When the queue is full a
+//! line is dropped rather than waited for; the count is kept by [`LogGuard::dropped`].
 
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Returns false if one was already installed (tests).
-pub fn init(format: LogFormat, level: &str) -> bool {
+/// Lines queued for the writer thread at most.
+const QUEUE_LINES: usize = 65_536;
+
+/// Keeps the writer thread alive; dropping it flushes what is queued (at exit).
+pub struct LogGuard {
+    _worker: WorkerGuard,
+    dropped: ErrorCounter,
+}
+
+impl LogGuard {
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> usize {
+        self.dropped.dropped_lines()
+    }
+}
+
+/// Installs the global subscriber writing to stderr. `None` if one was already installed
+/// (tests).
+pub fn init(format: LogFormat, level: &str) -> Option<LogGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
+    let (writer, worker) =
+        NonBlockingBuilder::default().lossy(true).buffered_lines_limit(QUEUE_LINES).finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init().is_ok(),
         LogFormat::Pretty => builder.compact().try_init().is_ok(),
-    }
+    };
+    installed.then_some(LogGuard { _worker: worker, dropped })
 }

@@ -121,7 +121,8 @@ fn usage(path: &std::path::Path) -> ExitCode {
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = load(path).map_err(|_| anyhow::anyhow!("invalid configuration"))?;
-    sluice::logging::init(config.log_format, &config.log_level);
+    // Lives until run returns, so the last lines (server.stopped) are flushed at exit.
+    let logs = sluice::logging::init(config.log_format, &config.log_level);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
@@ -130,6 +131,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let running = server.start(CancellationToken::new());
         wait_for_signals(&running).await?;
         running.drain_and_stop(drain).await;
+        if let Some(dropped) = logs.as_ref().map(sluice::logging::LogGuard::dropped).filter(|n| *n > 0) {
+            eprintln!("sluice: {dropped} log lines were dropped because the log writer could not keep up");
+        }
         Ok(())
     })
 }
