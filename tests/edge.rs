@@ -13,8 +13,9 @@ use sluice::limit::LimitKey;
 use sluice::peer::Transport;
 use sluice::stats::Stray;
 
-fn stray(running: &sluice::server::Running, why: Stray) -> u64 {
-    running.shared.stats.stray_responses[why as usize].load(Ordering::Relaxed)
+/// The stray-response counter for `why`.
+fn stray(running: &sluice::server::Running, why: Stray) -> &std::sync::atomic::AtomicU64 {
+    &running.shared.stats.stray_responses[why as usize]
 }
 
 /// A caller's INVITE with its own From tag (the helper's tag is `caller-{call_id}`).
@@ -46,8 +47,7 @@ async fn forged_udp_responses_decide_nothing() {
     caller.send(proxy, busy.as_bytes()).await;
     let hangup = respond(&inv, 486, "Busy Here", Some("forged"), "", None);
     other_host.send(proxy, hangup.as_bytes()).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stray(&running, Stray::WrongSource), 2, "both forgeries dropped as wrong_source");
+    assert_eq!(counter_reaches(stray(&running, Stray::WrongSource), 2).await, 2, "both forgeries dropped");
 
     // The real gateway answers: the call goes on as if nothing happened.
     pbx.send(pbx_src, respond(&inv, 200, "OK", Some("pbx"), "", Some(pbx.local)).as_bytes()).await;
@@ -87,8 +87,7 @@ async fn forged_tcp_responses_from_another_host_and_the_caller_are_ignored() {
                 .as_bytes(),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stray(&running, Stray::WrongSource), 2);
+    assert_eq!(counter_reaches(stray(&running, Stray::WrongSource), 2).await, 2);
     assert!(caller.recv_within(Duration::from_millis(100)).await.is_none(), "no answer reached the caller");
 
     // The gateway's own answer, on its connection, is the one that counts.

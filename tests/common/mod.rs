@@ -316,6 +316,18 @@ pub async fn eventually(running: &Running, what: &str, f: impl Fn(&sluice::proxy
     panic!("condition never held: {what}");
 }
 
+/// Polls a counter until it reaches `at_least` (up to `WAIT`); returns its last value.
+pub async fn counter_reaches(counter: &std::sync::atomic::AtomicU64, at_least: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = counter.load(std::sync::atomic::Ordering::Relaxed);
+        if v >= at_least || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// How a scripted PBX answers INVITEs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pbx {
