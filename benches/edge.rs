@@ -13,11 +13,7 @@ use sluice::proxy::flood::Flood;
 use tokio::time::Instant;
 
 fn verifier(t0: Instant) -> Verifier {
-    let lines = format!(
-        "acme:sluice:{}\nacme:sluice:{}\n",
-        Verifier::ha1(false, "acme", "sluice", "secret"),
-        Verifier::ha1(true, "acme", "sluice", "secret")
-    );
+    let lines = Verifier::htdigest("acme", "sluice", "secret");
     let auth = Auth {
         realm: "sluice".into(),
         credentials_file: "bench".into(),

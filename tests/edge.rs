@@ -142,15 +142,7 @@ async fn a_reused_call_id_is_another_call_and_cannot_bypass_channels() {
 fn auth_config(pbx: &str, dir: &std::path::Path, extra: &str) -> String {
     use sluice::auth::Verifier;
     let file = dir.join("credentials");
-    std::fs::write(
-        &file,
-        format!(
-            "acme:sluice:{}\nacme:sluice:{}\n",
-            Verifier::ha1(false, "acme", "sluice", "secret"),
-            Verifier::ha1(true, "acme", "sluice", "secret")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, Verifier::htdigest("acme", "sluice", "secret")).unwrap();
     config_with(
         &[pbx.to_string()],
         "",

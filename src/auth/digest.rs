@@ -286,6 +286,15 @@ impl Verifier {
         ))
     }
 
+    /// The htdigest lines for one user (MD5 and SHA-256), as an operator's file holds them.
+    pub fn htdigest(user: &str, realm: &str, password: &str) -> String {
+        format!(
+            "{user}:{realm}:{}\n{user}:{realm}:{}\n",
+            Self::ha1(false, user, realm, password),
+            Self::ha1(true, user, realm, password)
+        )
+    }
+
     /// `H(user:realm:password)` in hex, as an htdigest line holds it.
     pub fn ha1(sha256: bool, user: &str, realm: &str, password: &str) -> String {
         let algorithm = if sha256 { Algorithm::Sha256 } else { Algorithm::Md5 };
@@ -299,11 +308,7 @@ mod tests {
     use crate::config::{Auth, AuthRequire};
 
     fn verifier(t0: Instant) -> Verifier {
-        let line = format!(
-            "acme:sluice:{}\nacme:sluice:{}\n",
-            Verifier::ha1(false, "acme", "sluice", "secret"),
-            Verifier::ha1(true, "acme", "sluice", "secret")
-        );
+        let line = Verifier::htdigest("acme", "sluice", "secret");
         let auth = Auth {
             realm: "sluice".into(),
             credentials_file: "x".into(),
