@@ -8,9 +8,10 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice::config::Config;
 use sluice::peer::{Peer, Transport};
+use sluice::proxy::Action;
 use sluice::proxy::forward::{self, RequestEdits};
 use sluice::proxy::identity::Identity;
-use sluice::proxy::{Action, Proxy};
+use sluice::proxy::node::Node;
 use sluice::sip::uri::{Uri, dialed_number};
 use sluice::stats::Stats;
 use tokio::time::Instant;
@@ -71,7 +72,7 @@ fn per_invite(c: &mut Criterion) {
 /// A whole call through the core: every message the proxy handles for one call.
 fn whole_call(c: &mut Criterion) {
     let config = Arc::new(Config::parse("bench", CONFIG).unwrap());
-    let mut proxy = Proxy::new(config, Arc::new(Stats::default()), 7);
+    let proxy = Node::new(config, Arc::new(Stats::default()), 7);
     let caller = Peer::udp("192.0.2.10:5060".parse().unwrap());
     let pbx = Peer::udp("127.0.0.1:5070".parse().unwrap());
     let mut now = Instant::now();

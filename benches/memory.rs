@@ -10,7 +10,8 @@ use sluice::config::Config;
 use sluice::limit::memory::MemoryStore;
 use sluice::limit::{Demand, LimitKey, Store};
 use sluice::peer::Peer;
-use sluice::proxy::{Action, Proxy};
+use sluice::proxy::Action;
+use sluice::proxy::node::Node;
 use sluice::stats::Stats;
 use tokio::time::Instant;
 
@@ -29,7 +30,7 @@ fn main() {
     // transactions' linger so only the call records (and their reservations) remain.
     let config = Arc::new(Config::parse("bench", CONFIG).expect("config"));
     let store = Arc::new(MemoryStore::new(Instant::now()));
-    let mut proxy = Proxy::with_store(config, Arc::new(Stats::default()), 1, store.clone());
+    let proxy = Node::with_store(config, Arc::new(Stats::default()), 1, store.clone());
     let pbx = Peer::udp("127.0.0.1:5070".parse().expect("addr"));
     let mut now = Instant::now();
     let calls = 100_000u32;
@@ -107,7 +108,7 @@ fn refused_invites() {
     for (mode, stateless_above) in
         [("stateless (above the threshold)", 0), ("transaction (below it)", usize::MAX)]
     {
-        let mut proxy = Proxy::new(config.clone(), Arc::new(Stats::default()), 1);
+        let proxy = Node::new(config.clone(), Arc::new(Stats::default()), 1);
         proxy.set_stateless_above(stateless_above);
         let now = Instant::now();
         let before = rss_bytes();

@@ -123,8 +123,12 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = load(path).map_err(|_| anyhow::anyhow!("invalid configuration"))?;
     // Lives until run returns, so the last lines (server.stopped) are flushed at exit.
     let logs = sluice::logging::init(config.log_format, &config.log_level);
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.shards())
+        .thread_name("sluice-worker")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         let drain = config.drain;
         let server = Server::bind(config).await?;

@@ -17,7 +17,7 @@ use crate::limit::Store;
 use crate::limit::memory::MemoryStore;
 use crate::limit::redis::{RedisSettings, RedisStore};
 use crate::peer::Transport;
-use crate::proxy::Proxy;
+use crate::proxy::node::Node;
 use crate::stats::Stats;
 use crate::transport::{self, Shared};
 use crate::usage::UsageTracker;
@@ -82,9 +82,25 @@ impl Server {
             let err = |source| ServerError::Bind { transport: l.transport.scheme(), addr, source };
             let actual = match l.transport {
                 Transport::Udp => {
-                    let s = bind_udp(addr).map_err(err)?;
-                    let local = s.local_addr().map_err(err)?;
-                    udp.push(Arc::new(s));
+                    // One socket per worker on the same address: the kernel spreads
+                    // datagrams between them by source, and any of them sends from the port.
+                    let workers = config.shards();
+                    let local = if workers > 1 {
+                        // A plain bind first: a port someone else holds is an error here,
+                        // not a silent share of its traffic through SO_REUSEPORT.
+                        let probe = std::net::UdpSocket::bind(addr).map_err(err)?;
+                        let local = probe.local_addr().map_err(err)?;
+                        drop(probe);
+                        local
+                    } else {
+                        addr
+                    };
+                    let first = bind_udp(local, workers > 1).map_err(err)?;
+                    let local = first.local_addr().map_err(err)?;
+                    udp.push(Arc::new(first));
+                    for _ in 1..workers {
+                        udp.push(Arc::new(bind_udp(local, true).map_err(err)?));
+                    }
                     local
                 }
                 Transport::Tcp => {
@@ -136,9 +152,11 @@ impl Server {
             Some(c) => c.clone(),
             None => limits.clone(),
         };
+        let usage = Arc::new(Mutex::new(load_usage(&self.config)));
+        let node = Node::with_usage(self.config.clone(), stats.clone(), seed, store.clone(), usage.clone());
+        let shards = node.shard_count();
         let shared = Arc::new(Shared {
-            core: Mutex::new(Proxy::with_store(self.config.clone(), stats.clone(), seed, store.clone())),
-            config: parking_lot::RwLock::new(self.config.clone()),
+            node,
             draining: std::sync::atomic::AtomicBool::new(false),
             limits,
             store,
@@ -150,8 +168,8 @@ impl Server {
             max_message: self.config.max_message_bytes,
             max_tcp_per_ip: self.config.max_tcp_per_ip,
             udp_pending: std::sync::atomic::AtomicUsize::new(0),
-            timer_wake: std::sync::atomic::AtomicU64::new(u64::MAX),
-            timer_bell: tokio::sync::Notify::new(),
+            alarms: (0..shards).map(|_| transport::Alarm::default()).collect(),
+            room_alarm: transport::Alarm::default(),
             clock_epoch: tokio::time::Instant::now(),
         });
         let mut tasks = JoinSet::new();
@@ -161,12 +179,13 @@ impl Server {
         for listener in self.tcp {
             tasks.spawn(transport::tcp::serve(shared.clone(), listener));
         }
-        tasks.spawn(shared.clone().run_timers());
+        for k in 0..shards {
+            tasks.spawn(shared.clone().run_shard_timers(k));
+        }
+        tasks.spawn(shared.clone().run_waitroom());
         for l in &self.config.listen {
             tracing::info!(event = "server.listening", transport = l.transport.scheme(), addr = %l.addr, "listening");
         }
-        let usage = Arc::new(Mutex::new(load_usage(&self.config)));
-        shared.core.lock().set_usage(usage.clone());
         tasks.spawn(persist_usage(shared.clone(), usage.clone(), self.config.usage.state_file.clone()));
         let admin_addr = self.config.admin;
         if let Some(listener) = self.admin {
@@ -230,8 +249,8 @@ async fn persist_usage(
 pub const UDP_BUFFER_BYTES: usize = 8 << 20;
 
 /// Binds a UDP socket with large kernel buffers (the default ~200 KB overflows under load
-/// and turns into retransmissions).
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// and turns into retransmissions); `reuse_port` for one of a listener's worker sockets.
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -239,6 +258,9 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     }
     let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
@@ -257,12 +279,12 @@ impl Running {
         tracing::info!(event = "server.draining", seconds = drain.as_secs(), "draining");
         let deadline = tokio::time::Instant::now() + drain;
         while tokio::time::Instant::now() < deadline {
-            if self.shared.core.lock().is_idle() {
+            if self.shared.node.is_idle() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let left = self.shared.core.lock().active_calls();
+        let left = self.shared.node.active_calls();
         tracing::info!(event = "server.stopped", calls_left = left, "stopped");
         self.shared.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}

@@ -61,7 +61,7 @@ async fn forged_udp_responses_decide_nothing() {
     next.send(proxy, invite(&next, "forge-2", "f2", "100", proxy).as_bytes()).await;
     let (inv2, _) = pbx.expect("INVITE ").await;
     assert!(inv2.contains("Call-ID: forge-2"));
-    let gw = running.shared.core.lock().config().carriers[0].gateways[0].addr;
+    let gw = running.shared.config().carriers[0].gateways[0].addr;
     assert!(!running.shared.stats.gateways_down.contains_key(&gw), "gateway still up");
     running.stop().await;
 }

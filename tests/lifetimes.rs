@@ -8,14 +8,14 @@ use std::time::Duration;
 use sluice::config::Config;
 use sluice::limit::memory::MemoryStore;
 use sluice::peer::{Peer, Transport};
-use sluice::proxy::Proxy;
+use sluice::proxy::node::Node;
 use sluice::stats::Stats;
 use tokio::time::Instant;
 
-const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\ngateway_timeout_ms = 2000\n[limits]\nmax_call_seconds = 3600\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n";
+const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\nworkers = 3\ngateway_timeout_ms = 2000\n[limits]\nmax_call_seconds = 3600\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n";
 
 struct Rig {
-    proxy: Proxy,
+    proxy: Node,
     stats: Arc<Stats>,
     limits: Arc<MemoryStore>,
     now: Instant,
@@ -42,7 +42,7 @@ impl Rig {
         };
         let stats = Arc::new(Stats::default());
         Self {
-            proxy: Proxy::with_store(config, stats.clone(), 3, limits.clone()),
+            proxy: Node::with_store(config, stats.clone(), 3, limits.clone()),
             stats,
             limits,
             now: Instant::now(),
@@ -331,7 +331,7 @@ fn ringing_forever_frees_the_channel_and_tells_both_sides() {
 
 /// A config whose server takes one call per second.
 fn one_cps_rig() -> Rig {
-    let mut r = Rig::new();
+    let r = Rig::new();
     let text = CONFIG.replace("[limits]\n", "[limits]\ncps = 1\n");
     r.proxy.reload(Arc::new(Config::parse("t", &text).unwrap()));
     r

@@ -7,12 +7,13 @@ use std::time::Duration;
 use sluice::config::Config;
 use sluice::limit::memory::MemoryStore;
 use sluice::peer::Peer;
-use sluice::proxy::{Action, Proxy};
+use sluice::proxy::Action;
+use sluice::proxy::node::Node;
 use sluice::stats::Stats;
 use tokio::time::Instant;
 
 struct Rig {
-    proxy: Proxy,
+    proxy: Node,
     limits: Arc<MemoryStore>,
     now: Instant,
     /// Calls already seen at the PBX (Timer A retransmissions are not new calls).
@@ -25,13 +26,13 @@ const PBX: &str = "127.0.0.1:5070";
 impl Rig {
     fn new(extra: &str) -> Self {
         let text = format!(
-            "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://{PBX}\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n{extra}"
+            "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\nworkers = 3\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://{PBX}\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n{extra}"
         );
         let config = Arc::new(Config::parse("t", &text).unwrap());
         let now = Instant::now();
         let limits = Arc::new(MemoryStore::new(now));
         Self {
-            proxy: Proxy::with_store(config, Arc::new(Stats::default()), 9, limits.clone()),
+            proxy: Node::with_store(config, Arc::new(Stats::default()), 9, limits.clone()),
             limits,
             now,
             at_pbx: Default::default(),
@@ -40,11 +41,15 @@ impl Rig {
 
     /// What a new INVITE `id` produced: (forwarded to the PBX, status codes sent back).
     fn invite(&mut self, id: &str) -> (bool, Vec<u16>) {
+        self.invite_from(CALLER, id)
+    }
+
+    fn invite_from(&mut self, caller: &str, id: &str) -> (bool, Vec<u16>) {
         let msg = format!(
-            "INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{id}\r\nFrom: <sip:a@x>;tag={id}\r\nTo: <sip:100@x>\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            "INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {caller};branch=z9hG4bK{id}\r\nFrom: <sip:a@x>;tag={id}\r\nTo: <sip:100@x>\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         );
         let mut out = Vec::new();
-        self.proxy.on_message(self.now, Peer::udp(CALLER.parse().unwrap()), msg.as_bytes(), &mut out);
+        self.proxy.on_message(self.now, Peer::udp(caller.parse().unwrap()), msg.as_bytes(), &mut out);
         let (forwarded, statuses) = self.split(out);
         (forwarded > 0, statuses)
     }
@@ -182,4 +187,56 @@ fn a_wait_that_runs_out_gets_the_normal_answer_and_leaks_nothing() {
     assert_eq!(statuses, vec![503], "Channel Limit reached at the deadline");
     // Only a's channel (server, ip, route, carrier, gateway) is held.
     assert_eq!(r.limits.total_channels(), 5);
+}
+
+/// A Call-ID (with `prefix`) that the node puts on shard `shard`.
+fn id_on(node: &Node, prefix: &str, shard: usize) -> String {
+    (0..).map(|i| format!("{prefix}-{i}")).find(|id| node.shard_of_call(id.as_bytes()) == shard).unwrap()
+}
+
+/// The spike buffer is one for the node, not one per shard: a high-priority call queued on
+/// one shard takes the next slot before low-priority calls queued earlier on the others,
+/// and the low-priority calls then go in their arrival order whatever their shards.
+#[test]
+fn one_spike_buffer_for_every_shard() {
+    let mut r = Rig::new(
+        "[limits]\ncps = 1\n[overflow]\nqueue_ms = 5000\n\
+         [[customer]]\nname = \"bulk\"\nips = [\"192.0.2.10/32\"]\n\
+         [[customer]]\nname = \"vip\"\nips = [\"192.0.2.20/32\"]\npriority = 5\n",
+    );
+    assert_eq!(r.proxy.shard_count(), 3);
+    let t0 = r.now;
+    let first = id_on(&r.proxy, "first", 0);
+    let bulk = [id_on(&r.proxy, "bulk", 1), id_on(&r.proxy, "bulk", 2)];
+    let vip = id_on(&r.proxy, "vip", 0);
+    assert_eq!(r.invite(&first), (true, vec![100]));
+    assert_eq!(r.invite(&bulk[0]), (false, vec![100]));
+    assert_eq!(r.invite(&bulk[1]), (false, vec![100]));
+    assert_eq!(r.invite_from("192.0.2.20:5060", &vip), (false, vec![100]), "the vip waits too");
+    let order = |r: &mut Rig, until_ms| {
+        let before: std::collections::HashSet<String> = r.at_pbx.clone();
+        r.run_until(t0, until_ms);
+        r.at_pbx.difference(&before).cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(order(&mut r, 1500), vec![vip.clone()], "second slot: the vip, from shard 0");
+    assert_eq!(order(&mut r, 2500), vec![bulk[0].clone()], "third: bulk's first (shard 1)");
+    assert_eq!(order(&mut r, 3500), vec![bulk[1].clone()], "fourth: bulk's second (shard 2)");
+    assert_eq!(r.proxy.active_calls(), 4);
+}
+
+/// Limits are node-wide: calls on different shards share one channel limit; a CANCEL
+/// finds its call's shard by Call-ID (another shard would answer 481).
+#[test]
+fn shards_share_limits_and_cancel_finds_its_shard() {
+    let mut r = Rig::new("[limits]\nchannels = 1\n");
+    let a = id_on(&r.proxy, "a", 1);
+    let b = id_on(&r.proxy, "b", 2);
+    assert_eq!(r.invite(&a), (true, vec![100]));
+    assert_eq!(r.invite(&b), (false, vec![503]), "the one channel is held by shard 1's call");
+    let cancel = format!(
+        "CANCEL sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{a}\r\nFrom: <sip:a@x>;tag={a}\r\nTo: <sip:100@x>\r\nCall-ID: {a}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    r.proxy.on_message(r.now, Peer::udp(CALLER.parse().unwrap()), cancel.as_bytes(), &mut out);
+    assert_eq!(r.split(out).1, vec![200], "the CANCEL is answered by a's shard");
 }

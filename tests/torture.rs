@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use sluice::config::Config;
 use sluice::peer::Peer;
-use sluice::proxy::{Action, Proxy};
+use sluice::proxy::Action;
+use sluice::proxy::node::Node;
 use sluice::stats::Stats;
 use tokio::time::Instant;
 
@@ -29,7 +30,7 @@ fn run(file: &str) -> (Outcome, Option<Vec<u8>>) {
 fn run_bytes(bytes: &[u8]) -> (Outcome, Option<Vec<u8>>) {
     let file = "input";
     let config = Arc::new(Config::parse("t", CONFIG).unwrap());
-    let mut proxy = Proxy::new(config, Arc::new(Stats::default()), 1);
+    let proxy = Node::new(config, Arc::new(Stats::default()), 1);
     let mut out = Vec::new();
     let source = Peer::udp("192.0.2.1:5060".parse().unwrap());
     proxy.on_message(Instant::now(), source, bytes, &mut out);

@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use sluice::config::Config;
 use sluice::peer::Peer;
-use sluice::proxy::{Action, Proxy};
+use sluice::proxy::Action;
+use sluice::proxy::node::Node;
 use sluice::stats::Stats;
 
 const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\", \"tcp://127.0.0.1:5060\"]\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://127.0.0.1:5070\", \"tcp://127.0.0.1:5071\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n";
@@ -35,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = sluice::sip::framing::frame(data, 65536);
 
-    let mut proxy = Proxy::new(config(), Arc::new(Stats::default()), 0);
+    let mut proxy = Node::new(config(), Arc::new(Stats::default()), 0);
     let now = tokio::time::Instant::now();
     let mut out = Vec::new();
     proxy.on_message(now, Peer::udp("192.0.2.1:5060".parse().unwrap()), data, &mut out);

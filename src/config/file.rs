@@ -50,6 +50,9 @@ pub(crate) struct Server {
     /// Added to the contract: the largest datagram or stream message accepted.
     #[serde(default = "default_max_message_bytes")]
     pub(crate) max_message_bytes: usize,
+    /// Threads that process SIP messages (one shard each); 0 = one per CPU core.
+    #[serde(default)]
+    pub(crate) workers: u32,
 }
 
 #[derive(Debug, Deserialize)]

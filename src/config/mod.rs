@@ -221,6 +221,8 @@ pub mod bounds {
     pub const CPS: u32 = 1_000_000;
     pub const CHANNELS: u32 = 100_000_000;
     pub const TCP_PER_IP: u32 = 10_000;
+    /// More SIP workers than this buys nothing (each is a thread and a socket per listener).
+    pub const WORKERS: u32 = 256;
 }
 
 /// A validated configuration. Built only by [`Config::parse`]/[`Config::load`], so every
@@ -237,6 +239,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// TCP connections one source IP may hold open to sluice (inbound).
     pub max_tcp_per_ip: u32,
+    /// SIP worker threads, one shard each (`[server] workers`; 0 = one per CPU core). See
+    /// [`Config::shards`].
+    pub workers: u32,
     pub log_format: LogFormat,
     pub log_level: String,
     pub carriers: Vec<Carrier>,
@@ -272,6 +277,15 @@ impl Errors<'_> {
 }
 
 impl Config {
+    /// How many shards (and SIP worker threads) to run: `workers`, or one per CPU core
+    /// when it is 0.
+    pub fn shards(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n as usize,
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let source = std::fs::read_to_string(path).map_err(|e| {
@@ -380,6 +394,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             format!("must be between 1 and {}", bounds::TCP_PER_IP),
         );
     }
+    at_most(e, &[Key("server"), Key("workers")], u64::from(raw.server.workers), u64::from(bounds::WORKERS));
     if !(1..=bounds::MAX_CALL_SECONDS).contains(&raw.limits.max_call_seconds) {
         e.push(
             &[Key("limits"), Key("max_call_seconds")],
@@ -616,6 +631,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         drain: Duration::from_secs(raw.server.drain_seconds),
         max_message_bytes: raw.server.max_message_bytes,
         max_tcp_per_ip: raw.server.max_tcp_per_ip,
+        workers: raw.server.workers,
         log_format: raw.log.format,
         log_level: raw.log.level.clone(),
         carriers,

@@ -54,13 +54,7 @@ impl<T: Copy + PartialEq> SpikeQueue<T> {
     }
 
     pub fn push(&mut self, priority: i32, customer: &str, entry: Waiting<T>) {
-        let lane = self.lanes.entry(-i64::from(priority)).or_default();
-        let calls = lane.calls.entry(customer.to_string()).or_default();
-        if calls.is_empty() {
-            lane.turn.push_back(customer.to_string());
-        }
-        calls.push_back(entry);
-        self.len += 1;
+        self.push_keyed(-i64::from(priority), customer, entry);
     }
 
     /// Calls waiting ahead of a new one for `customer` at `priority`: every call in higher
@@ -148,6 +142,29 @@ impl<T: Copy + PartialEq> SpikeQueue<T> {
         admitted
     }
 
+    /// Puts the calls of `later` behind this queue's (each customer's calls after its own
+    /// here; customers new to a lane take their turn after the ones already in it).
+    pub fn append(&mut self, later: Self) {
+        for (key, mut lane) in later.lanes {
+            for customer in lane.turn.drain(..) {
+                let Some(calls) = lane.calls.remove(&customer) else { continue };
+                for w in calls {
+                    self.push_keyed(key, &customer, w);
+                }
+            }
+        }
+    }
+
+    fn push_keyed(&mut self, key: i64, customer: &str, entry: Waiting<T>) {
+        let lane = self.lanes.entry(key).or_default();
+        let calls = lane.calls.entry(customer.to_string()).or_default();
+        if calls.is_empty() {
+            lane.turn.push_back(customer.to_string());
+        }
+        calls.push_back(entry);
+        self.len += 1;
+    }
+
     fn prune(&mut self) {
         for lane in self.lanes.values_mut() {
             lane.calls.retain(|_, q| !q.is_empty());
@@ -212,6 +229,26 @@ mod tests {
         });
         assert_eq!(got.len(), 2, "no double admission: two slots, two calls");
         assert_eq!(q.len(), 3);
+    }
+
+    #[test]
+    fn append_keeps_each_customer_in_arrival_order() {
+        let t0 = Instant::now();
+        let mut q = SpikeQueue::default();
+        q.push(0, "a", w(1, t0, 1000));
+        q.push(0, "b", w(2, t0, 1000));
+        let mut later = SpikeQueue::default();
+        later.push(0, "a", w(3, t0, 1000));
+        later.push(0, "c", w(4, t0, 1000));
+        later.push(1, "vip", w(5, t0, 1000));
+        q.append(later);
+        assert_eq!(q.len(), 5);
+        let order: Vec<u32> = q.serve(|_, _| true).iter().map(|x| x.id).collect();
+        assert_eq!(
+            order,
+            vec![5, 1, 2, 4, 3],
+            "vip lane first; a, b, then the newcomer c; a's second call last"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! gateways in order when one is full), or the call is refused with the configured answer.
 //! One structured `call.admission` event records each decision.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use super::dialog::CallKey;
 use super::refused::Refused;
 use super::timer::{LINGER, Timer};
 use super::transaction::{Target, TxId};
+use super::waitroom::{Ask, Served};
 use super::{Action, Proxy};
 use crate::limit::customers::CustomerId;
 use crate::limit::plan::CallPlan;
@@ -35,7 +37,7 @@ pub(super) struct CallContext<'a> {
 /// sent 100 Trying and nothing else yet).
 #[derive(Debug)]
 pub(crate) struct PendingCall {
-    plan: CallPlan,
+    plan: Arc<CallPlan>,
     count_cps: bool,
     customer: Option<CustomerId>,
     user: Option<Bytes>,
@@ -57,10 +59,6 @@ impl PendingCall {
         }
     }
 }
-
-/// How often the waiting room is offered to the limiter when no limit can say when it opens
-/// (channel waits, a shared store).
-const QUEUE_TICK: Duration = Duration::from_millis(5);
 
 impl Proxy {
     /// Admits a new call under its plan. On success returns the targets (the admitted gateway
@@ -108,33 +106,14 @@ impl Proxy {
         }
     }
 
-    /// Tries the plan's candidates in order: the first whose every limit has room is
-    /// reserved. A full carrier/gateway moves on; a full common scope ends the attempt.
+    /// Tries the plan's candidates in order (see [`super::waitroom::try_admit`]).
     fn try_admit(
         &self,
         now: Instant,
         plan: &CallPlan,
         count_cps: bool,
     ) -> Result<(usize, Reservation), Rejection> {
-        let mut demands: Vec<Demand> = Vec::with_capacity(plan.common.len() + 2);
-        demands.extend(plan.common.iter().cloned());
-        let common = demands.len();
-        let mut refusal: Option<Rejection> = None;
-        for (i, candidate) in plan.candidates.iter().enumerate() {
-            if self.backoff.get(&candidate.peer.addr).is_some_and(|until| *until > now) {
-                // Backed off after a 503: treated like a full gateway (capacity failover).
-                refusal = Some(Rejection { key: candidate.demands[1].key.clone(), kind: Refusal::Channels });
-                continue;
-            }
-            demands.truncate(common);
-            demands.extend(candidate.demands.iter().cloned());
-            match self.limiter.admit(now, &demands, count_cps) {
-                Ok(reservation) => return Ok((i, reservation)),
-                Err(r) if r.key.scope.is_egress() => refusal = Some(r),
-                Err(r) => return Err(r),
-            }
-        }
-        Err(refusal.unwrap_or_else(|| Rejection { key: LimitKey::server(), kind: Refusal::Channels }))
+        super::waitroom::try_admit(&*self.limiter, &self.backoff, now, plan, count_cps)
     }
 
     /// Counts, records usage and logs an admission (`waited`: time spent in the buffer).
@@ -209,7 +188,7 @@ impl Proxy {
             Refusal::Cps => true,
             Refusal::Channels => overflow.queue_channels,
         };
-        if overflow.queue.is_zero() || !queueable || self.queue.len() >= overflow.queue_depth {
+        if overflow.queue.is_zero() || !queueable || self.waitroom.len() >= overflow.queue_depth {
             return None;
         }
         let customer = customer.and_then(|c| self.config.customers.get(c));
@@ -222,7 +201,7 @@ impl Proxy {
                 .find(|d| d.key == rejection.key)
                 .and_then(|d| d.cps);
             if let Some(cps) = cps.filter(|c| *c > 0) {
-                let ahead = self.queue.ahead_of(priority, lane) as f64 + 1.0;
+                let ahead = self.waitroom.ahead_of(priority, lane) as f64 + 1.0;
                 if Duration::from_secs_f64(ahead / f64::from(cps)) > overflow.queue {
                     return None;
                 }
@@ -231,15 +210,18 @@ impl Proxy {
         Some((priority, lane.to_string()))
     }
 
-    /// Puts a parked call in the spike buffer.
+    /// Puts a parked call in the node's spike buffer.
     fn wait_in_queue(&mut self, now: Instant, id: TxId, priority: i32, lane: &str) {
-        let deadline = now + self.config.overflow.queue;
-        let waiting = Waiting { id, since: now, deadline };
-        self.queue.push(priority, lane, waiting);
+        let Some(p) = self.txs.get(&id).and_then(|t| t.pending.as_ref()) else { return };
+        let ask =
+            Arc::new(Ask { plan: p.plan.clone(), count_cps: p.count_cps, rejection: p.rejection.clone() });
+        let waiting = Waiting { id, since: now, deadline: now + self.config.overflow.queue };
         Stats::bump(&self.stats.calls_queued);
-        self.stats.queue_depth.store(self.queue.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let at = self.queue_event(now, &waiting);
-        self.serve_queue_at(Some(at));
+        let next = self.waitroom.push(now, waiting, priority, lane, ask, &*self.limiter);
+        self.room_wake = match (self.room_wake, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// Opens the transaction of a new call that must wait (spike buffer, or a shared store's
@@ -259,7 +241,7 @@ impl Proxy {
         let id = self.new_tx(now, ctx.source, msg, key, Vec::new(), true)?;
         self.send_trying(id, msg, out);
         let pending = PendingCall {
-            plan,
+            plan: Arc::new(plan),
             count_cps,
             customer: ctx.customer,
             user: ctx.user.map(Bytes::copy_from_slice),
@@ -317,68 +299,12 @@ impl Proxy {
         }
     }
 
-    /// Keeps the depth gauge current and the serving timer set for the next moment anything
-    /// can change: the earliest instant a waiting call's limit opens, or a deadline.
-    fn queue_changed(&mut self, now: Instant) {
-        self.stats.queue_depth.store(self.queue.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let next = self.queue.iter().map(|w| self.queue_event(now, w)).min();
-        self.serve_queue_at(next);
-    }
-
-    /// (Re)schedules the serving timer for `at` unless it is already due no later.
-    fn serve_queue_at(&mut self, at: Option<Instant>) {
-        let Some(at) = at else { return };
-        match self.queue_timer {
-            Some((scheduled, _)) if scheduled <= at => {}
-            old => {
-                if let Some(key) = old {
-                    self.timers.cancel(key);
-                }
-                self.queue_timer = Some(self.timers.at(at, Timer::ServeQueue));
-            }
+    /// The waiting room's verdict on one of this shard's queued calls.
+    pub(crate) fn on_served(&mut self, now: Instant, served: Served, out: &mut Vec<Action>) {
+        match served {
+            Served::Admitted(id, i, reservation) => self.start_waiting(now, id, i, reservation, true, out),
+            Served::Expired(id) => self.expire_waiting(now, id, out),
         }
-    }
-
-    /// When a waiting call next needs looking at: the moment its CPS limit has room (the
-    /// oldest admission leaves the window), else a short tick, and never after its deadline.
-    fn queue_event(&self, now: Instant, w: &Waiting<TxId>) -> Instant {
-        let opens = self.txs.get(&w.id).and_then(|t| t.pending.as_ref()).and_then(|p| {
-            if p.rejection.kind != Refusal::Cps {
-                return None;
-            }
-            let mut demands =
-                p.plan.common.iter().chain(p.plan.candidates.iter().flat_map(|c| c.demands.iter()));
-            let demand = demands.find(|d| d.key == p.rejection.key)?;
-            self.limiter.cps_opens_at(now, demand)
-        });
-        opens.unwrap_or(now + QUEUE_TICK).min(w.deadline).max(now)
-    }
-
-    /// Timer: admit what now fits, in service order (priority lanes, customers in turn,
-    /// arrival order), then refuse the calls whose wait is over. Admission comes first: a
-    /// slot that opens at a call's deadline is that call's.
-    pub(super) fn serve_queue(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.queue_timer = None;
-        let mut queue = std::mem::take(&mut self.queue);
-        let mut admitted: Vec<(TxId, usize, Reservation)> = Vec::new();
-        queue.serve(|w, _| {
-            let Some(p) = self.txs.get(&w.id).and_then(|t| t.pending.as_ref()) else { return true };
-            match self.try_admit(now, &p.plan, p.count_cps) {
-                Ok((i, r)) => {
-                    admitted.push((w.id, i, r));
-                    true
-                }
-                Err(_) => false,
-            }
-        });
-        self.queue = queue;
-        for (id, i, reservation) in admitted {
-            self.start_waiting(now, id, i, reservation, true, out);
-        }
-        for w in self.queue.expire(now) {
-            self.expire_waiting(now, w.id, out);
-        }
-        self.queue_changed(now);
     }
 
     /// A waiting call was admitted: it goes to its gateway like any other.
@@ -442,10 +368,10 @@ impl Proxy {
     /// CANCEL of a waiting call: out of the buffer; it never reaches a carrier and holds
     /// nothing. True if the call was waiting.
     pub(super) fn cancel_waiting(&mut self, now: Instant, id: TxId) -> bool {
+        let _ = now;
         let waiting = self.take_pending(id).is_some();
         if waiting {
-            self.queue.remove(id);
-            self.queue_changed(now);
+            self.waitroom.remove(id);
         }
         waiting
     }

@@ -45,6 +45,8 @@ pub struct Flood {
     counts: Map<u32>,
     /// Source -> the second its block ends.
     blocked: Map<u32>,
+    /// Entries each table may hold (this guard's part of the node's bounds).
+    cap: usize,
 }
 
 fn key(ip: IpAddr) -> Key {
@@ -57,6 +59,12 @@ fn key(ip: IpAddr) -> Key {
 impl Flood {
     /// The guard for a config, or `None` when `[flood]` is absent or `rps = 0`.
     pub fn new(config: &Config, epoch: Instant) -> Option<Self> {
+        Self::part(config, epoch, 1)
+    }
+
+    /// One of `parts` guards that split the sources between them (by address): each holds
+    /// its part of [`MAX_COUNTED`] / [`MAX_BLOCKED`], so together they stay in the bound.
+    pub fn part(config: &Config, epoch: Instant, parts: usize) -> Option<Self> {
         let f = config.flood.as_ref().filter(|f| f.rps > 0)?;
         Some(Self {
             rps: f.rps,
@@ -67,6 +75,7 @@ impl Flood {
             second: 0,
             counts: Map::default(),
             blocked: Map::default(),
+            cap: MAX_COUNTED.min(MAX_BLOCKED) / parts.max(1),
         })
     }
 
@@ -89,7 +98,7 @@ impl Flood {
                 *c = c.saturating_add(1);
                 *c
             }
-            None if counted < MAX_COUNTED => {
+            None if counted < self.cap => {
                 self.counts.insert(k, 1);
                 1
             }
@@ -99,7 +108,7 @@ impl Flood {
             return Verdict::Pass;
         }
         self.counts.remove(&k);
-        if self.blocked.len() >= MAX_BLOCKED {
+        if self.blocked.len() >= self.cap {
             return Verdict::Drop;
         }
         let until = second.saturating_add(u64::from(self.block_secs));

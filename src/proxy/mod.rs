@@ -14,6 +14,7 @@ pub mod dialog;
 pub mod flood;
 pub mod forward;
 pub mod identity;
+pub mod node;
 pub(crate) mod ratelog;
 pub mod refused;
 mod request;
@@ -24,6 +25,7 @@ mod teardown;
 mod timeouts;
 pub mod timer;
 pub mod transaction;
+mod waitroom;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +69,9 @@ impl Action {
     }
 }
 
+/// Where a transaction id keeps its shard number.
+pub(crate) const SHARD_SHIFT: u32 = 48;
+
 /// Upper bounds on state, so a flood cannot grow memory without limit. Past them new
 /// requests are answered `503` until state expires.
 pub const MAX_TRANSACTIONS: usize = 1_000_000;
@@ -86,9 +91,9 @@ pub struct Proxy {
     dialogs: HashMap<CallKey, Dialog>,
     timers: Timers,
     seq: u64,
-    /// Per-source rate protection (`[flood]`), if configured.
-    flood: Option<flood::Flood>,
-    flood_log: ratelog::RateLog,
+    /// This shard's number, in the top bits of every transaction id it makes (so an answer
+    /// about a transaction finds its shard without a lookup).
+    shard: u16,
     /// sluice's own digest authentication (`[auth]`), if configured.
     auth: Option<crate::auth::Verifier>,
     /// Keys branches and tags (a caller cannot predict them).
@@ -116,28 +121,33 @@ pub struct Proxy {
     /// New calls parked for admission (spike buffer or a cluster answer), so a second
     /// INVITE of the same call cannot slip in beside them.
     parked: HashMap<CallKey, TxId>,
-    /// The spike buffer: new calls waiting for a slot (`[overflow] queue_ms`).
-    queue: crate::limit::queue::SpikeQueue<TxId>,
-    queue_timer: Option<timer::TimerKey>,
-    /// Gateways that answered 503, skipped until the instant given (their Retry-After).
-    backoff: HashMap<std::net::SocketAddr, Instant>,
+    /// The node's spike buffer (`[overflow] queue_ms`), shared by every shard, and the
+    /// earliest serving time a call this shard queued asked for (the node's timer takes it).
+    waitroom: Arc<waitroom::Waitroom>,
+    room_wake: Option<Instant>,
+    /// Gateways that answered 503 (node-wide).
+    backoff: Arc<waitroom::Backoff>,
     /// Per-minute peak CPS of admitted calls (server, customers, carriers), for billing.
     usage: Arc<parking_lot::Mutex<UsageTracker>>,
 }
 
-impl Proxy {
-    /// A proxy with its own in-memory limit store. `seed` varies tags and branches between
-    /// runs (the runtime passes the start time).
-    pub fn new(config: Arc<Config>, stats: Arc<Stats>, seed: u64) -> Self {
-        let store = Arc::new(crate::limit::memory::MemoryStore::new(Instant::now()));
-        Self::with_store(config, stats, seed, store)
-    }
+/// What every shard of a node shares: node-wide beliefs and the spike buffer.
+#[derive(Clone)]
+pub(crate) struct Common {
+    pub stats: Arc<Stats>,
+    pub limiter: Arc<dyn Store>,
+    pub waitroom: Arc<waitroom::Waitroom>,
+    pub backoff: Arc<waitroom::Backoff>,
+    pub usage: Arc<parking_lot::Mutex<UsageTracker>>,
+    /// Keys branches and tags; one for the node, so any shard recognises its own loops.
+    pub seed: u64,
+}
 
-    /// A proxy whose limits live in `limiter` (shared with the admin API and, in a cluster,
-    /// with other nodes).
-    pub fn with_store(config: Arc<Config>, stats: Arc<Stats>, seed: u64, limiter: Arc<dyn Store>) -> Self {
+impl Proxy {
+    /// Shard `shard` of a node.
+    pub(crate) fn shard(config: Arc<Config>, shared: &Common, shard: u16) -> Self {
         Self {
-            limiter,
+            limiter: shared.limiter.clone(),
             planner: Planner::new(&config),
             customers: CustomerIndex::new(&config),
             challenged: HashMap::new(),
@@ -145,14 +155,12 @@ impl Proxy {
             own: HashMap::new(),
             refused: refused::RecentRefusals::default(),
             stateless_above: refused::STATELESS_ABOVE,
-            queue: Default::default(),
-            queue_timer: None,
-            backoff: HashMap::new(),
-            usage: Arc::new(parking_lot::Mutex::new(UsageTracker::now_anchored(config.usage.window_days))),
+            waitroom: shared.waitroom.clone(),
+            room_wake: None,
+            backoff: shared.backoff.clone(),
+            usage: shared.usage.clone(),
             me: Identity::new(&config),
             auth: config.auth.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
-            flood: flood::Flood::new(&config, Instant::now()),
-            flood_log: ratelog::RateLog::new("flood.blocked", 10),
             config,
             txs: HashMap::new(),
             by_server: HashMap::new(),
@@ -160,9 +168,10 @@ impl Proxy {
             dialogs: HashMap::new(),
             timers: Timers::default(),
             seq: 0,
-            secret: branch::Secret::new(seed),
+            shard,
+            secret: branch::Secret::new(shared.seed),
             draining: false,
-            stats,
+            stats: shared.stats.clone(),
             warn: ratelog::RateLog::new("bad_input", 20),
             events: ratelog::RateLog::new("call_events", 100),
             decisions: ratelog::RateLog::new("call.admission", 2000),
@@ -173,9 +182,10 @@ impl Proxy {
         &self.config
     }
 
-    /// Shares a usage tracker (the runtime's, which is persisted and served on /usage).
-    pub fn set_usage(&mut self, usage: Arc<parking_lot::Mutex<UsageTracker>>) {
-        self.usage = usage;
+    /// The earliest time the waiting room must be served that this shard's last step asked
+    /// for (a call it queued), taken once.
+    pub(crate) fn take_room_wake(&mut self) -> Option<Instant> {
+        self.room_wake.take()
     }
 
     /// Replaces the configuration for new calls; transactions and dialogs in progress keep
@@ -184,10 +194,6 @@ impl Proxy {
         self.me = Identity::new(&config);
         self.planner = Planner::new(&config);
         self.customers = CustomerIndex::new(&config);
-        if config.flood != self.config.flood || config.carriers != self.config.carriers {
-            self.flood = flood::Flood::new(&config, Instant::now());
-            self.stats.flood_blocked.store(0, std::sync::atomic::Ordering::Relaxed);
-        }
         match (&mut self.auth, &config.auth) {
             (Some(v), Some(a)) => v.update(a),
             (slot, a) => *slot = a.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
@@ -195,50 +201,32 @@ impl Proxy {
         self.config = config;
     }
 
-    /// Handles one received message (a datagram, or one framed TCP message).
-    pub fn on_message(&mut self, now: Instant, source: Peer, bytes: &[u8], out: &mut Vec<Action>) {
-        if let Some(guard) = &mut self.flood {
-            // Before anything else: a flooding source costs one table lookup per message.
-            let verdict = guard.check(now, source.addr.ip());
-            let blocked = guard.blocked() as u64;
-            self.stats.flood_blocked.store(blocked, std::sync::atomic::Ordering::Relaxed);
-            match verdict {
-                flood::Verdict::Pass => {}
-                verdict => {
-                    Stats::bump(&self.stats.flood_dropped);
-                    if verdict == flood::Verdict::Blocked && self.flood_log.allow(now) {
-                        tracing::warn!(event = "flood.blocked", source = %source.addr.ip(), seconds = guard.block_time().as_secs(), blocked, "source over [flood] rps; dropping its messages");
-                    }
-                    return;
-                }
-            }
-        }
-        if bytes.len() > self.config.max_message_bytes {
-            Stats::bump(&self.stats.oversize);
-            if self.warn.allow(now) {
-                tracing::warn!(event = "sip.oversize", source = %source, size = bytes.len(), "message over max_message_bytes dropped");
-            }
-            return;
-        }
-        if bytes.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0)) {
-            return; // keep-alive
-        }
-        let msg = match crate::sip::parse(bytes) {
-            Ok(msg) => msg,
-            Err(e) => {
-                self.stats.malformed(source.transport);
-                if self.warn.allow(now) {
-                    tracing::warn!(event = "sip.malformed", source = %source, error = %e, "unparsable message dropped");
-                }
-                return;
-            }
-        };
+    /// Handles one parsed message (a datagram, or one framed TCP message) of a call this
+    /// shard owns. The node has already screened it (flood, size, keep-alive) and parsed it.
+    pub(crate) fn on_parsed(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
         if msg.is_request() {
             Stats::bump(&self.stats.requests_in);
-            self.on_request(now, source, &msg, out);
+            self.on_request(now, source, msg, out);
         } else {
             Stats::bump(&self.stats.responses_in);
-            self.on_response(now, source, &msg, out);
+            self.on_response(now, source, msg, out);
+        }
+    }
+
+    /// Counts and logs a message that could not be parsed (the node calls this on the shard
+    /// it picks for such messages).
+    pub(crate) fn on_malformed(&mut self, now: Instant, source: Peer, error: &crate::sip::ParseError) {
+        self.stats.malformed(source.transport);
+        if self.warn.allow(now) {
+            tracing::warn!(event = "sip.malformed", source = %source, error = %error, "unparsable message dropped");
+        }
+    }
+
+    /// Counts and logs a message over `max_message_bytes`.
+    pub(crate) fn on_oversize(&mut self, now: Instant, source: Peer, size: usize) {
+        Stats::bump(&self.stats.oversize);
+        if self.warn.allow(now) {
+            tracing::warn!(event = "sip.oversize", source = %source, size, "message over max_message_bytes dropped");
         }
     }
 
@@ -319,7 +307,7 @@ impl Proxy {
     /// few (one per configured gateway) and simply overwritten.
     fn back_off(&mut self, now: Instant, gateway: std::net::SocketAddr, for_how_long: std::time::Duration) {
         tracing::info!(event = "gateway.backoff", gateway = %gateway, seconds = for_how_long.as_secs(), "gateway answered 503; backing off");
-        self.backoff.insert(gateway, now + for_how_long);
+        self.backoff.set(gateway, now + for_how_long);
     }
 
     /// The call with this Call-ID and caller tag, if tracked.
@@ -327,9 +315,10 @@ impl Proxy {
         self.dialogs.get(&*dialog::KeyBytes::of(call_id, caller_tag))
     }
 
+    /// A process-unique number: the shard in the top 16 bits, a counter below.
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
-        self.seq
+        (u64::from(self.shard) << SHARD_SHIFT) | (self.seq & ((1 << SHARD_SHIFT) - 1))
     }
 
     fn send(&self, out: &mut Vec<Action>, to: Peer, data: Bytes, tx: Option<TxId>, request: bool) {

@@ -406,7 +406,7 @@ impl Proxy {
         let target = next.peer;
         // A backed-off gateway is skipped by new calls only: a request inside a call still
         // goes to that call's peer.
-        if tx.creates_dialog && self.backoff.get(&target.addr).is_some_and(|until| *until > now) {
+        if tx.creates_dialog && self.backoff.is_backed_off(now, target.addr) {
             return self.next_branch(now, id, msg, out);
         }
         if let Some(egress) = next.egress {

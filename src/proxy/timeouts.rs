@@ -20,7 +20,6 @@ impl Proxy {
             Timer::ResendFinal(id) => self.resend_final(now, id, out),
             Timer::ResendCancel(id, n) => self.resend_cancel(now, id, n, out),
             Timer::Forget(id) => self.forget(id),
-            Timer::ServeQueue => self.serve_queue(now, out),
             Timer::AckWait(call) => self.ack_timeout(now, &call, out),
             Timer::ResendOwn(branch) => self.resend_own(now, &branch, out),
             Timer::ChallengeExpiry(call) => {

@@ -35,8 +35,6 @@ pub enum Timer {
     Forget(TxId),
     /// A dialog's lifetime (max_call_seconds, or the linger after BYE) ran out.
     DialogExpiry(super::dialog::CallKey),
-    /// Offer the spike buffer's waiting calls to the limiter again.
-    ServeQueue,
     /// 64*T1 after a call's first 2xx: if no ACK passed, the call is ended.
     AckWait(super::dialog::CallKey),
     /// Retransmit (or give up on) a request sluice sent on its own (branch).

@@ -7,18 +7,18 @@ pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::limit::memory::MemoryStore;
 use crate::peer::{Peer, Transport};
+use crate::proxy::Action;
+use crate::proxy::node::{Node, Wake};
 use crate::proxy::transaction::TxId;
-use crate::proxy::{Action, Proxy};
 use crate::stats::Stats;
 
 /// UDP sends allowed to wait for buffer space at once.
@@ -33,21 +33,63 @@ const TIMER_GRANULARITY: std::time::Duration = std::time::Duration::from_millis(
 /// How often idle limit keys are swept.
 const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A timer task's wake-up: when it sleeps until (ns since the clock epoch), and the bell
+/// rung when its part of the core gets an earlier deadline than that.
+pub struct Alarm {
+    wake: AtomicU64,
+    bell: tokio::sync::Notify,
+}
+
+impl Default for Alarm {
+    fn default() -> Self {
+        Self { wake: AtomicU64::new(u64::MAX), bell: tokio::sync::Notify::new() }
+    }
+}
+
+impl Alarm {
+    /// Rings when `next` comes before the instant the task sleeps to.
+    fn ring_if_earlier(&self, epoch: Instant, next: Option<Instant>) {
+        let Some(next) = next else { return };
+        let at = nanos_since(epoch, next);
+        if at.saturating_add(TIMER_GRANULARITY.as_nanos() as u64) < self.wake.load(Ordering::Relaxed) {
+            self.wake.store(at, Ordering::Relaxed);
+            self.bell.notify_one();
+        }
+    }
+
+    /// Sleeps until `deadline`, or until rung (false), or shutdown (None).
+    async fn sleep(&self, epoch: Instant, deadline: Instant, shutdown: &CancellationToken) -> Option<bool> {
+        self.wake.store(nanos_since(epoch, deadline), Ordering::Relaxed);
+        let woke = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep_until(deadline) => true,
+            _ = self.bell.notified() => false,
+        };
+        self.wake.store(u64::MAX, Ordering::Relaxed);
+        Some(woke)
+    }
+}
+
+fn nanos_since(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Everything the socket tasks share.
 pub struct Shared {
-    pub core: Mutex<Proxy>,
-    /// The running configuration for readers off the SIP path (admin API, reload): swapped
-    /// with the core's on reload, read without the core lock.
-    pub config: parking_lot::RwLock<Arc<crate::config::Config>>,
-    /// Set at SIGTERM (the core has its own copy): /health reads it without the core lock.
+    /// The sharded core: each shard behind its own lock, taken by whichever worker received
+    /// a message of one of its calls.
+    pub node: Node,
+    /// Set at SIGTERM (the shards have their own copy): /health reads it without them.
     pub draining: std::sync::atomic::AtomicBool,
-    /// The limit counters (also inside the core as its store), read without the core lock.
+    /// The limit counters (also the node's store, or the cluster store's local mirror).
     pub limits: Arc<MemoryStore>,
     /// The store the core admits through (the same memory store, or the cluster store).
     pub store: Arc<dyn crate::limit::Store>,
     /// The cluster store, for admissions made off the SIP path.
     pub cluster: Option<Arc<crate::limit::redis::RedisStore>>,
     pub stats: Arc<Stats>,
+    /// Every UDP socket: `workers` per UDP listener, all bound to the listener's address
+    /// (SO_REUSEPORT), so any of them sends with the same source port.
     pub udp: Vec<Arc<UdpSocket>>,
     pub tcp: tcp::Registry,
     pub shutdown: CancellationToken,
@@ -56,23 +98,21 @@ pub struct Shared {
     pub max_tcp_per_ip: u32,
     /// UDP sends waiting for kernel buffer space.
     pub udp_pending: AtomicUsize,
-    /// The timer task's wake-up: when it sleeps until (ns since `clock_epoch`), and the bell
-    /// rung when the core gets an earlier deadline than that.
-    pub timer_wake: std::sync::atomic::AtomicU64,
-    pub timer_bell: tokio::sync::Notify,
+    /// One alarm per shard's timer task, and the spike buffer's.
+    pub alarms: Vec<Alarm>,
+    pub room_alarm: Alarm,
     pub clock_epoch: Instant,
 }
 
 impl Shared {
     /// The running configuration (a pointer copy).
     pub fn config(&self) -> Arc<crate::config::Config> {
-        self.config.read().clone()
+        self.node.config()
     }
 
-    /// Replaces the configuration for new calls, in the core and for every other reader.
+    /// Replaces the configuration for new calls, in every shard and for every other reader.
     pub fn swap_config(&self, next: Arc<crate::config::Config>) {
-        self.core.lock().reload(next.clone());
-        *self.config.write() = next;
+        self.node.reload(next);
     }
 
     pub fn is_draining(&self) -> bool {
@@ -82,31 +122,24 @@ impl Shared {
     /// SIGTERM: new INVITEs are refused from now on; calls in progress go on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        self.core.lock().start_draining();
+        self.node.start_draining();
     }
 
     /// Runs the core on one received message and carries out what it decided.
     pub fn handle(self: &Arc<Self>, source: Peer, bytes: &[u8]) {
         let mut out = Vec::new();
-        let next = {
-            let mut core = self.core.lock();
-            core.on_message(Instant::now(), source, bytes, &mut out);
-            core.next_deadline()
-        };
-        self.wake_timers_for(next);
+        let wake = self.node.on_message(Instant::now(), source, bytes, &mut out);
+        self.wake_for(wake);
         self.dispatch(out);
     }
 
-    /// Rings the timer task when the core now has a deadline before the one it sleeps to.
-    fn wake_timers_for(&self, next: Option<Instant>) {
-        if let Some(next) = next {
-            let at = next.saturating_duration_since(self.clock_epoch).as_nanos() as u64;
-            let granularity = TIMER_GRANULARITY.as_nanos() as u64;
-            if at.saturating_add(granularity) < self.timer_wake.load(Ordering::Relaxed) {
-                self.timer_wake.store(at, Ordering::Relaxed);
-                self.timer_bell.notify_one();
-            }
+    /// Rings the timer tasks whose next deadline a step moved earlier.
+    fn wake_for(&self, wake: Option<Wake>) {
+        let Some(w) = wake else { return };
+        if let Some(alarm) = self.alarms.get(w.shard) {
+            alarm.ring_if_earlier(self.clock_epoch, w.next);
         }
+        self.room_alarm.ring_if_earlier(self.clock_epoch, w.room);
     }
 
     pub fn dispatch(self: &Arc<Self>, actions: Vec<Action>) {
@@ -159,59 +192,82 @@ impl Shared {
                 None => crate::limit::redis::Remote::Unavailable,
             };
             let mut out = Vec::new();
-            let next = {
-                let mut core = shared.core.lock();
-                core.on_admission(Instant::now(), tx, answer, &mut out);
-                core.next_deadline()
-            };
-            shared.wake_timers_for(next);
+            let wake = shared.node.on_admission(Instant::now(), tx, answer, &mut out);
+            shared.wake_for(Some(wake));
             shared.dispatch(out);
         });
     }
 
     /// A request could not be delivered: let the core fail over.
-    pub fn send_failed(self: &Arc<Self>, tx: crate::proxy::transaction::TxId, to: Peer) {
+    pub fn send_failed(self: &Arc<Self>, tx: TxId, to: Peer) {
         let mut out = Vec::new();
-        let next = {
-            let mut core = self.core.lock();
-            core.on_send_failed(Instant::now(), tx, to, &mut out);
-            core.next_deadline()
-        };
-        self.wake_timers_for(next);
+        let wake = self.node.on_send_failed(Instant::now(), tx, to, &mut out);
+        self.wake_for(Some(wake));
         self.dispatch(out);
     }
 
-    /// Drives the core's timers until shutdown. The task sleeps until the core's next
-    /// deadline (or the next idle-key sweep); a message that gives the core an earlier
-    /// deadline rings the bell. Timers fire at their instant, not on a polling tick.
-    pub async fn run_timers(self: Arc<Self>) {
-        let mut next_sweep = Instant::now() + EVICT_EVERY;
+    /// Drives shard `k`'s timers until shutdown: sleeps until the shard's next deadline; a
+    /// message that gives the shard an earlier one rings its alarm. Timers fire at their
+    /// instant, not on a polling tick.
+    pub async fn run_shard_timers(self: Arc<Self>, k: usize) {
+        let Some(alarm) = self.alarms.get(k) else { return };
         let mut not_before = Instant::now();
         loop {
-            let deadline = self.core.lock().next_deadline().map_or(next_sweep, |d| d.min(next_sweep));
-            let deadline = deadline.max(not_before);
-            let at = deadline.saturating_duration_since(self.clock_epoch).as_nanos() as u64;
-            self.timer_wake.store(at, Ordering::Relaxed);
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.timer_bell.notified() => continue,
+            let idle = Instant::now() + EVICT_EVERY;
+            let deadline = self.node.shard_deadline(k).map_or(idle, |d| d.min(idle)).max(not_before);
+            match alarm.sleep(self.clock_epoch, deadline, &self.shutdown).await {
+                None => return,
+                Some(false) => continue,
+                Some(true) => {}
             }
-            self.timer_wake.store(u64::MAX, Ordering::Relaxed);
             let now = Instant::now();
             not_before = now + TIMER_GRANULARITY;
             let mut out = Vec::new();
-            {
-                let mut core = self.core.lock();
-                if core.next_deadline().is_some_and(|d| d <= now) {
-                    core.on_timer(now, &mut out);
-                }
-            }
+            let wake = self.node.on_shard_timer(k, now, &mut out);
+            self.room_alarm.ring_if_earlier(self.clock_epoch, wake.room);
             if !out.is_empty() {
                 self.dispatch(out);
             }
+        }
+    }
+
+    /// Serves the spike buffer at the instant a waiting call's slot opens or its wait ends,
+    /// and sweeps idle limit keys. With a shared store the serving round (limiter round trips)
+    /// runs on the blocking pool, never on a SIP worker.
+    pub async fn run_waitroom(self: Arc<Self>) {
+        let mut next_sweep = Instant::now() + EVICT_EVERY;
+        let mut not_before = Instant::now();
+        loop {
+            let deadline =
+                self.node.waitroom_deadline().map_or(next_sweep, |d| d.min(next_sweep)).max(not_before);
+            match self.room_alarm.sleep(self.clock_epoch, deadline, &self.shutdown).await {
+                None => return,
+                Some(false) => continue,
+                Some(true) => {}
+            }
+            let now = Instant::now();
+            not_before = now + TIMER_GRANULARITY;
+            if self.node.waitroom_deadline().is_some_and(|d| d <= now) {
+                let (out, wakes) = if self.node.waitroom_may_block() {
+                    let shared = self.clone();
+                    let served = tokio::task::spawn_blocking(move || {
+                        let mut out = Vec::new();
+                        let wakes = shared.node.serve_waitroom(now, &mut out);
+                        (out, wakes)
+                    });
+                    served.await.unwrap_or_default()
+                } else {
+                    let mut out = Vec::new();
+                    let wakes = self.node.serve_waitroom(now, &mut out);
+                    (out, wakes)
+                };
+                for w in wakes {
+                    self.wake_for(Some(w));
+                }
+                self.dispatch(out);
+            }
             if now >= next_sweep {
-                // Idle per-IP / per-user keys go, outside the core lock.
+                // Idle per-IP / per-user keys go, outside every shard.
                 let evicted = self.limits.evict_idle(now);
                 if evicted > 0 {
                     tracing::debug!(

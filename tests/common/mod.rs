@@ -305,10 +305,10 @@ pub fn tag_of(value: &str) -> Option<&str> {
 }
 
 /// Polls a condition on the running proxy's core for up to `WAIT`.
-pub async fn eventually(running: &Running, what: &str, f: impl Fn(&sluice::proxy::Proxy) -> bool) {
+pub async fn eventually(running: &Running, what: &str, f: impl Fn(&sluice::proxy::node::Node) -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::time::Instant::now() < deadline {
-        if f(&running.shared.core.lock()) {
+        if f(&running.shared.node) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

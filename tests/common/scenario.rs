@@ -20,14 +20,14 @@ use sluice::config::Config;
 use sluice::limit::LimitKey;
 use sluice::limit::memory::MemoryStore;
 use sluice::peer::Peer;
-use sluice::proxy::Proxy;
+use sluice::proxy::node::Node;
 use sluice::stats::Stats;
 use tokio::time::Instant;
 
 /// The server's channel limit in the scenario.
 pub const CHANNELS: u32 = 3;
 
-const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\ngateway_timeout_ms = 2000\n\
+const CONFIG: &str = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\nworkers = 3\ngateway_timeout_ms = 2000\n\
     [limits]\nchannels = 3\nmax_call_seconds = 120\n\
     [[carrier]]\nname = \"pbx\"\ngateways = [\"udp://127.0.0.1:5070\"]\n\
     [[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n";
@@ -48,7 +48,7 @@ impl Moves<'_> {
 }
 
 struct Run {
-    proxy: Proxy,
+    proxy: Node,
     limits: Arc<MemoryStore>,
     stats: Arc<Stats>,
     now: Instant,
@@ -91,7 +91,7 @@ impl Run {
         let peer = |a: &str| Peer::udp(a.parse().expect("address"));
         let stats = Arc::new(Stats::default());
         Self {
-            proxy: Proxy::with_store(config, stats.clone(), 1, limits.clone()),
+            proxy: Node::with_store(config, stats.clone(), 1, limits.clone()),
             limits,
             stats,
             now: Instant::now(),
