@@ -124,7 +124,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     // Lives until run returns, so the last lines (server.stopped) are flushed at exit.
     let logs = sluice::logging::init(config.log_format, &config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.shards())
+        .worker_threads(config.worker_threads())
         .thread_name("sluice-worker")
         .enable_all()
         .build()

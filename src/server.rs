@@ -84,7 +84,7 @@ impl Server {
                 Transport::Udp => {
                     // One socket per worker on the same address: the kernel spreads
                     // datagrams between them by source, and any of them sends from the port.
-                    let workers = config.shards();
+                    let workers = config.worker_threads();
                     let local = if workers > 1 {
                         // A plain bind first: a port someone else holds is an error here,
                         // not a silent share of its traffic through SO_REUSEPORT.

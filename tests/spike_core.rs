@@ -204,7 +204,7 @@ fn one_spike_buffer_for_every_shard() {
          [[customer]]\nname = \"bulk\"\nips = [\"192.0.2.10/32\"]\n\
          [[customer]]\nname = \"vip\"\nips = [\"192.0.2.20/32\"]\npriority = 5\n",
     );
-    assert_eq!(r.proxy.shard_count(), 3);
+    assert_eq!(r.proxy.shard_count(), 3 * sluice::proxy::node::SHARDS_PER_WORKER);
     let t0 = r.now;
     let first = id_on(&r.proxy, "first", 0);
     let bulk = [id_on(&r.proxy, "bulk", 1), id_on(&r.proxy, "bulk", 2)];

@@ -239,8 +239,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// TCP connections one source IP may hold open to sluice (inbound).
     pub max_tcp_per_ip: u32,
-    /// SIP worker threads, one shard each (`[server] workers`; 0 = one per CPU core). See
-    /// [`Config::shards`].
+    /// SIP worker threads (`[server] workers`; 0 = one per CPU core). See
+    /// [`Config::worker_threads`].
     pub workers: u32,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -277,9 +277,9 @@ impl Errors<'_> {
 }
 
 impl Config {
-    /// How many shards (and SIP worker threads) to run: `workers`, or one per CPU core
-    /// when it is 0.
-    pub fn shards(&self) -> usize {
+    /// How many SIP worker threads (and UDP sockets per listener) to run: `workers`, or
+    /// one per CPU core when it is 0.
+    pub fn worker_threads(&self) -> usize {
         match self.workers {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             n => n as usize,

@@ -192,16 +192,22 @@ fn event_of(now: Instant, w: &Waiting<TxId>, ask: &Ask, limiter: &dyn Store) -> 
 /// Retry-After). Node-wide: a gateway that is full is full for every shard. Entries are few
 /// (one per configured gateway) and simply overwritten.
 #[derive(Default)]
-pub(crate) struct Backoff(RwLock<HashMap<SocketAddr, Instant>>);
+pub(crate) struct Backoff {
+    gateways: RwLock<HashMap<SocketAddr, Instant>>,
+    /// Set once any gateway has backed off: until then a check costs one shared read, not a
+    /// lock (every new call and failover asks).
+    any: std::sync::atomic::AtomicBool,
+}
 
 impl Backoff {
     pub(crate) fn is_backed_off(&self, now: Instant, gateway: SocketAddr) -> bool {
-        let map = self.0.read();
-        !map.is_empty() && map.get(&gateway).is_some_and(|until| *until > now)
+        self.any.load(Ordering::Relaxed)
+            && self.gateways.read().get(&gateway).is_some_and(|until| *until > now)
     }
 
     pub(crate) fn set(&self, gateway: SocketAddr, until: Instant) {
-        self.0.write().insert(gateway, until);
+        self.gateways.write().insert(gateway, until);
+        self.any.store(true, Ordering::Relaxed);
     }
 }
 
