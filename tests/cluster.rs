@@ -19,6 +19,7 @@ impl Redis {
     fn start(port: u16) -> Option<Self> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .args(["--enable-debug-command", "local"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -72,6 +73,17 @@ impl Redis {
         self.query::<Option<i64>>(&["GET", "sluice:c:server"]).flatten().unwrap_or(0)
     }
 
+    /// Freezes (`STOP`) or resumes (`CONT`) the server: a hung Redis, whose socket buffers
+    /// keep taking requests it runs when it resumes.
+    fn signal(&self, which: &str) {
+        let ok = Command::new("kill").args([&format!("-{which}"), &self.child.id().to_string()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{which}");
+    }
+
+    fn signal_quietly(&self, which: &str) {
+        let _ = Command::new("kill").args([&format!("-{which}"), &self.child.id().to_string()]).status();
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -80,6 +92,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        self.signal_quietly("CONT");
         self.kill();
     }
 }
@@ -323,4 +336,115 @@ async fn call_flows_release_shared_channels_and_count_a_challenged_call_once() {
     let (inv3, _) = auth.expect("INVITE ").await;
     assert_eq!(header(&inv3, "Call-ID"), Some("f-next"), "the re-INVITE after 407 took no second CPS slot");
     running.stop().await;
+}
+
+/// Waits until the node's /metrics says the cluster store is up again.
+async fn cluster_up(node: &sluice::server::Running) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = http(node.admin.unwrap(), "GET", "/metrics").await.1;
+        if m.lines().any(|l| l == "sluice_cluster_up 1") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cluster_up never returned to 1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// INVITEs `ids` through `proxy`; returns the final statuses by Call-ID order of arrival.
+async fn place(
+    c: &mut Endpoint,
+    proxy: std::net::SocketAddr,
+    ids: &[String],
+    wait: Duration,
+) -> Vec<(u16, String)> {
+    for id in ids {
+        c.send(proxy, invite(c, id, id, "100", proxy).as_bytes()).await;
+    }
+    finals(c, wait)
+        .await
+        .into_iter()
+        .filter(|(_, m)| header(m, "CSeq").is_some_and(|x| x.ends_with("INVITE")))
+        .collect()
+}
+
+/// A hung Redis (SIGSTOP for longer than timeout_ms) while calls arrive: the node gives up
+/// on the admission in flight and falls back to local limits. Redis runs that admission when
+/// it resumes; the node undoes it, so afterwards the shared count is what is really up and
+/// exactly `channels` held calls fit, the next refused. (Before the fix the ghost
+/// reservation stayed: one channel fewer, for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_leaks_no_channels() {
+    let Some(redis) = Redis::start(free_port()) else { return };
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    spawn_pbx(pbx, Pbx::Answer);
+    let extra = "timeout_ms = 200\non_failure = \"local\"\nnodes = 1";
+    let node = start(&node_config(&uri, &redis.url(), "hung", "channels = 4", extra)).await;
+    let proxy = node.addr(Transport::Udp).unwrap();
+    let mut c = Endpoint::udp().await;
+    let before = place(&mut c, proxy, &["up-0".to_string()], Duration::from_millis(500)).await;
+    assert_eq!(before.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![200]);
+    assert_eq!(redis.settle_channels(1).await, 1);
+
+    redis.signal("STOP");
+    let during: Vec<String> = (0..3).map(|i| format!("hung-{i}")).collect();
+    let got = place(&mut c, proxy, &during, Duration::from_millis(1500)).await;
+    assert_eq!(got.iter().filter(|(s, _)| *s == 200).count(), 3, "local limits while Redis hangs: {got:?}");
+    hang_up_answered(&mut c, proxy, &got).await;
+    finals(&mut c, Duration::from_millis(300)).await; // the BYEs' 200s
+    redis.signal("CONT");
+    cluster_up(&node).await;
+    assert_eq!(redis.settle_channels(1).await, 1, "only the call that is up holds a shared channel");
+
+    let after: Vec<String> = (0..4).map(|i| format!("after-{i}")).collect();
+    let got = place(&mut c, proxy, &after, Duration::from_millis(1000)).await;
+    let ok = got.iter().filter(|(s, _)| *s == 200).count();
+    let refused = got.iter().filter(|(s, m)| *s == 503 && m.contains("Channel Limit reached")).count();
+    assert_eq!((ok, refused), (3, 1), "4 channels: the one up + 3, the 4th refused: {got:?}");
+    assert_eq!(redis.server_channels(), 4);
+    node.stop().await;
+}
+
+/// No SIP worker waits on Redis: a call waits in the spike buffer for its CPS slot, Redis
+/// goes busy for 2 s (DEBUG SLEEP) and the slot opens meanwhile, so the buffer's serving
+/// round waits on Redis; another call's BYE and its 200 still pass at once. The waiting call
+/// is admitted when Redis answers, before its deadline. (A guard of the design: the build
+/// before the sharded core also passed it, 1.5 ms for the BYE, so no claim that it caught a
+/// stall there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_never_stalls_other_calls() {
+    let Some(redis) = Redis::start(free_port()) else { return };
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    spawn_pbx(pbx, Pbx::Answer);
+    let extra = "timeout_ms = 4000\n[overflow]\nqueue_ms = 3500";
+    let node = start(&node_config(&uri, &redis.url(), "slow", "cps = 1\nchannels = 10", extra)).await;
+    let proxy = node.addr(Transport::Udp).unwrap();
+    let mut c = Endpoint::udp().await;
+    let admitted = Instant::now();
+    let up = place(&mut c, proxy, &["established".to_string()], Duration::from_millis(300)).await;
+    assert_eq!(up.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![200]);
+    let mut n = Endpoint::udp().await;
+    n.send(proxy, invite(&n, "queued", "queued", "100", proxy).as_bytes()).await;
+    n.expect("SIP/2.0 100").await;
+
+    let url = redis.url();
+    let sleeper = std::thread::spawn(move || {
+        let client = redis::Client::open(url).expect("url");
+        let mut conn = client.get_connection().expect("redis");
+        let _: redis::RedisResult<String> = redis::cmd("DEBUG").arg("SLEEP").arg(2).query(&mut conn);
+    });
+    // The queued call's slot opens 1 s after the first admission, with Redis asleep.
+    tokio::time::sleep_until((admitted + Duration::from_millis(1400)).into()).await;
+    let sent = Instant::now();
+    hang_up_answered(&mut c, proxy, &up).await;
+    let (ok, _) = c.expect("SIP/2.0 200").await;
+    let took = sent.elapsed();
+    assert_eq!(header(&ok, "CSeq"), Some("2 BYE"));
+    assert!(took < Duration::from_millis(700), "the BYE waited on Redis: {took:?}");
+    let got = finals(&mut n, Duration::from_secs(4)).await;
+    assert!(got.iter().any(|(s, _)| *s == 200), "admitted once Redis answered: {got:?}");
+    let _ = sleeper.join();
+    node.stop().await;
 }

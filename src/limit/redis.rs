@@ -37,6 +37,7 @@ use crate::config::{Cluster, OnFailure};
 const PREFIX: &str = "sluice:";
 
 const ADMIT: &str = r#"
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = tonumber(ARGV[3])
@@ -70,7 +71,10 @@ return {0, 0}
 
 const RELEASE: &str = r#"
 local rec = redis.call('GET', KEYS[1])
-if not rec then return 0 end
+if not rec then
+  if ARGV[2] == '1' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[3]) end
+  return 0
+end
 for k in string.gmatch(rec, '[^\n]+') do
   if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
 end
@@ -107,6 +111,10 @@ fn channels_key(key: &LimitKey) -> String {
 fn reservation_key(id: &str) -> String {
     format!("{PREFIX}r:{id}")
 }
+/// Marks an admission this node gave up on: if it reaches Redis later, it reserves nothing.
+fn abandoned_key(id: &str) -> String {
+    format!("{PREFIX}t:{id}")
+}
 fn node_calls_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:calls")
 }
@@ -114,6 +122,10 @@ fn node_alive_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:alive")
 }
 const NODES_KEY: &str = "sluice:nodes";
+
+/// How long Redis remembers an abandoned admission: a request stuck that long in a hung
+/// Redis (or its socket buffers) and applied later would leak; anything shorter is undone.
+const ABANDONED_TTL_MS: u64 = 3_600_000;
 
 /// Settings of the shared store.
 #[derive(Debug, Clone)]
@@ -238,7 +250,7 @@ impl RedisStore {
                         })
                         .ok();
                 }
-                let done = conn.as_mut().map(|c| store.release_shared(c, &release.id));
+                let done = conn.as_mut().map(|c| store.release_shared(c, &release));
                 if matches!(done, Some(Ok(()))) {
                     store.applied(&release);
                 } else {
@@ -279,7 +291,10 @@ impl RedisStore {
                     .arg("1")
                     .invoke(&mut conn)?;
             }
-            self.beat(&mut conn)
+            self.beat(&mut conn)?;
+            // Before anything is admitted through Redis again: what this node gave up on
+            // during the outage is undone first, so it never counts against new calls.
+            self.flush_pending(&mut conn)
         })();
         if let Err(e) = result {
             self.mark_down(&e.to_string());
@@ -338,15 +353,7 @@ impl RedisStore {
                     tracing::warn!(event = "cluster.node_dead", node = %node, calls_released = freed, "a node stopped beating; its channels were released");
                 }
             }
-            loop {
-                let Some(release) = self.pending_releases.lock().pop_front() else { break };
-                if let Err(e) = self.release_shared(conn, &release.id) {
-                    self.pending_releases.lock().push_front(release);
-                    return Err(e);
-                }
-                self.applied(&release);
-            }
-            Ok(())
+            self.flush_pending(conn)
         })();
         if let Err(e) = result {
             drop(guard);
@@ -372,14 +379,38 @@ impl RedisStore {
         }
     }
 
-    fn release_shared(&self, conn: &mut redis::Connection, id: &str) -> redis::RedisResult<()> {
+    fn release_shared(&self, conn: &mut redis::Connection, release: &Release) -> redis::RedisResult<()> {
         let _: i64 = self
             .release
-            .key(reservation_key(id))
+            .key(reservation_key(&release.id))
             .key(node_calls_key(&self.settings.node))
-            .arg(id)
+            .key(abandoned_key(&release.id))
+            .arg(&release.id)
+            .arg(if release.abandoned { "1" } else { "0" })
+            .arg(ABANDONED_TTL_MS)
             .invoke(conn)?;
         Ok(())
+    }
+
+    /// An admission whose answer never came (timeout, broken connection): Redis may still
+    /// apply it (a hung Redis runs what is in its socket buffers when it resumes). A timeout
+    /// is not a failure, so it is undone: released if it was applied, or marked so that it
+    /// reserves nothing if it arrives later. Queued until Redis answers again; idempotent.
+    fn abandon(&self, id: String) {
+        self.pending_releases.lock().push_back(Release { id, keys: Vec::new(), abandoned: true });
+    }
+
+    /// Sends the queued releases and abandoned admissions. Stops at the first failure (the
+    /// rest stay queued, in order).
+    fn flush_pending(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+        loop {
+            let Some(release) = self.pending_releases.lock().pop_front() else { return Ok(()) };
+            if let Err(e) = self.release_shared(conn, &release) {
+                self.pending_releases.lock().push_front(release);
+                return Err(e);
+            }
+            self.applied(&release);
+        }
     }
 
     /// The shared admission; `None` when Redis did not answer.
@@ -390,7 +421,7 @@ impl RedisStore {
         for d in demands {
             call.key(window_key(&d.key)).key(channels_key(&d.key));
         }
-        call.key(reservation_key(id)).key(node_calls_key(&self.settings.node));
+        call.key(reservation_key(id)).key(node_calls_key(&self.settings.node)).key(abandoned_key(id));
         call.arg(if count_cps { "1" } else { "0" }).arg(id).arg(demands.len());
         for d in demands {
             call.arg(d.cps.map_or(-1, i64::from))
@@ -399,6 +430,7 @@ impl RedisStore {
         }
         match call.invoke::<(i64, i64)>(conn) {
             Ok((0, _)) => Some(Ok(())),
+            Ok((-1, _)) => None, // abandoned earlier under this id: cannot happen for a fresh id
             Ok((i, kind)) => {
                 let key =
                     demands.get((i - 1).max(0) as usize).map_or_else(LimitKey::server, |d| d.key.clone());
@@ -406,6 +438,7 @@ impl RedisStore {
             }
             Err(e) => {
                 drop(guard);
+                self.abandon(id.to_string());
                 self.mark_down(&e.to_string());
                 None
             }
@@ -413,11 +446,13 @@ impl RedisStore {
     }
 }
 
-/// A reservation to give back to Redis, with the keys it credits until applied.
+/// A reservation to give back to Redis, with the keys it credits until applied; or an
+/// admission this node gave up on (`abandoned`: no keys credited, it may never have applied).
 #[derive(Debug, Clone)]
 struct Release {
     id: String,
     keys: Vec<LimitKey>,
+    abandoned: bool,
 }
 
 /// What an asynchronous admission found.
@@ -461,7 +496,7 @@ impl RedisStore {
             for d in demands {
                 call.key(window_key(&d.key)).key(channels_key(&d.key));
             }
-            call.key(reservation_key(&id)).key(node_calls_key(&self.settings.node));
+            call.key(reservation_key(&id)).key(node_calls_key(&self.settings.node)).key(abandoned_key(&id));
             call.arg(if count_cps { "1" } else { "0" }).arg(&id).arg(demands.len());
             for d in demands {
                 call.arg(d.cps.map_or(-1, i64::from))
@@ -480,6 +515,7 @@ impl RedisStore {
                         Err(r) => Remote::Rejected(r),
                     };
                 }
+                Ok(Ok((-1, _))) => return self.unavailable("admission id abandoned"),
                 Ok(Ok((k, kind))) => {
                     let key =
                         demands.get((k - 1).max(0) as usize).map_or_else(LimitKey::server, |d| d.key.clone());
@@ -489,8 +525,14 @@ impl RedisStore {
                     }
                     refusal = Some(r);
                 }
-                Ok(Err(e)) => return self.unavailable(&e.to_string()),
-                Err(_) => return self.unavailable("admission timed out"),
+                Ok(Err(e)) => {
+                    self.abandon(id);
+                    return self.unavailable(&e.to_string());
+                }
+                Err(_) => {
+                    self.abandon(id);
+                    return self.unavailable("admission timed out");
+                }
             }
         }
         refusal.map_or(Remote::Unavailable, Remote::Rejected)
@@ -555,7 +597,7 @@ impl Store for RedisStore {
         }
         // Never a Redis round trip on the SIP path: the worker sends it (or, while Redis
         // is away, the maintenance thread after it returns).
-        let release = Release { id, keys };
+        let release = Release { id, keys, abandoned: false };
         let unsent = match self.release_tx.lock().as_ref() {
             Some(tx) => tx.send(release).err().map(|e| e.0),
             None => Some(release),
