@@ -58,7 +58,11 @@ impl Redis {
     /// Waits (up to 2 s: releases reach Redis asynchronously) for the server scope to hold
     /// `expected` channels; returns what it holds last.
     async fn settle_channels(&self, expected: i64) -> i64 {
-        let deadline = Instant::now() + Duration::from_secs(2);
+        self.settle_channels_within(expected, Duration::from_secs(2)).await
+    }
+
+    async fn settle_channels_within(&self, expected: i64, wait: Duration) -> i64 {
+        let deadline = Instant::now() + wait;
         loop {
             let now = self.server_channels();
             if now == expected || Instant::now() > deadline {
@@ -81,7 +85,9 @@ impl Redis {
     }
 
     fn signal_quietly(&self, which: &str) {
-        let _ = Command::new("kill").args([&format!("-{which}"), &self.child.id().to_string()]).status();
+        let mut kill = Command::new("kill");
+        kill.args([&format!("-{which}"), &self.child.id().to_string()]);
+        let _ = kill.stderr(Stdio::null()).status();
     }
 
     fn kill(&mut self) {
@@ -244,21 +250,31 @@ async fn redis_failure_follows_on_failure_and_recovers() {
         got.iter().filter(|(s, m)| *s == 200 && header(m, "Call-ID").is_some_and(|i| i >= "al-3")).count();
     assert_eq!(admitted, 3, "allow admits everything while Redis is down: {got:?}");
 
-    // Redis returns (empty): nodes reconnect and count shared again.
-    let _redis = Redis::start(port).expect("redis restarts");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = http(reject.admin.unwrap(), "GET", "/metrics").await.1;
-        if m.lines().any(|l| l == "sluice_cluster_up 1") {
-            break;
+    // Redis returns (empty): nodes reconnect, re-assert the calls admitted through Redis that
+    // are still up ("before" and al-0..2: the cluster's 4 channels) and count shared again.
+    let redis = Redis::start(port).expect("redis restarts");
+    cluster_up(&reject).await;
+    assert_eq!(redis.settle_channels_within(4, Duration::from_secs(3)).await, 4, "live calls re-asserted");
+    let final_for = |id: &'static str| {
+        move |m: &str| {
+            header(m, "Call-ID") == Some(id) && status(m) >= 200 && header(m, "CSeq") == Some("1 INVITE")
         }
-        assert!(Instant::now() < deadline, "cluster_up never returned to 1");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     c.send(pr, invite(&c, "after", "after", "100", pr).as_bytes()).await;
     loop {
         let (m, _) = c.expect("SIP/2.0 ").await;
-        if header(&m, "Call-ID") == Some("after") && status(&m) >= 200 {
+        if final_for("after")(&m) {
+            assert_eq!(status(&m), 503, "the restarted Redis knows the 4 calls still up: {m}");
+            break;
+        }
+    }
+    let before = "SIP/2.0 200 OK\r\nCall-ID: before\r\nCSeq: 1 INVITE\r\n\r\n".to_string();
+    hang_up_answered(&mut c, pl, &[(200, before)]).await;
+    assert_eq!(redis.settle_channels(3).await, 3, "the hang-up is released in the new Redis");
+    c.send(pr, invite(&c, "after2", "after2", "100", pr).as_bytes()).await;
+    loop {
+        let (m, _) = c.expect("SIP/2.0 ").await;
+        if final_for("after2")(&m) {
             assert_eq!(status(&m), 200, "shared counting again after recovery: {m}");
             break;
         }
@@ -446,5 +462,53 @@ async fn a_slow_redis_never_stalls_other_calls() {
     let got = finals(&mut n, Duration::from_secs(4)).await;
     assert!(got.iter().any(|(s, _)| *s == 200), "admitted once Redis answered: {got:?}");
     let _ = sleeper.join();
+    node.stop().await;
+}
+
+/// Anti-entropy: a Redis restarted empty while 10 calls are up forgets their channels; each
+/// node re-asserts its live calls' reservations every heartbeat, so within two heartbeats
+/// (here 2 x 200 ms, plus the reconnect) Redis counts 10 again and a limit of 10 is full.
+/// Then a stale reservation Redis holds for the node (as after a restore from an old
+/// snapshot or a failover to a lagging replica) is dropped within the same bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_converge_after_redis_loses_or_keeps_stale_state() {
+    let port = free_port();
+    let Some(mut redis) = Redis::start(port) else { return };
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    spawn_pbx(pbx, Pbx::Answer);
+    let node = start(&node_config(&uri, &redis.url(), "ae", "channels = 10", "timeout_ms = 200")).await;
+    let proxy = node.addr(Transport::Udp).unwrap();
+    let mut c = Endpoint::udp().await;
+    let ids: Vec<String> = (0..10).map(|i| format!("ae-{i}")).collect();
+    let up = place(&mut c, proxy, &ids, Duration::from_millis(800)).await;
+    assert_eq!(up.iter().filter(|(s, _)| *s == 200).count(), 10);
+    assert_eq!(redis.settle_channels(10).await, 10);
+
+    redis.kill();
+    let redis = Redis::start(port).expect("redis restarts, empty");
+    assert_eq!(redis.server_channels(), 0, "the restarted Redis knows nothing");
+    cluster_up(&node).await;
+    assert_eq!(
+        redis.settle_channels_within(10, Duration::from_secs(3)).await,
+        10,
+        "the node re-asserted its 10 live calls"
+    );
+    let got = place(&mut c, proxy, &["ae-11th".to_string()], Duration::from_millis(800)).await;
+    assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![503], "a limit of 10 is full: {got:?}");
+
+    hang_up_answered(&mut c, proxy, &up).await;
+    finals(&mut c, Duration::from_millis(300)).await;
+    assert_eq!(redis.settle_channels(0).await, 0, "the hang-ups are released, once");
+    // A reservation for this node that no live call holds (an old snapshot's leftover).
+    let _: Option<i64> = redis.query(&["SADD", "sluice:node:ae:calls", "ae:1"]);
+    let _: Option<String> = redis.query(&["SET", "sluice:r:ae:1", "sluice:c:server"]);
+    let _: Option<i64> = redis.query(&["INCR", "sluice:c:server"]);
+    assert_eq!(redis.server_channels(), 1);
+    assert_eq!(
+        redis.settle_channels_within(0, Duration::from_secs(3)).await,
+        0,
+        "the stale reservation is dropped"
+    );
     node.stop().await;
 }

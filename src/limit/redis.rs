@@ -102,6 +102,58 @@ redis.call('DEL', KEYS[1])
 return #ids
 "#;
 
+/// Anti-entropy: the node re-asserts the reservations of its live calls and drops the ones
+/// Redis holds for it that it does not. KEYS[1] = the node's set; ARGV[1] = the record
+/// prefix; ARGV[2] = the node's highest reservation number when the list was taken (younger
+/// ids are left alone: admitted after the snapshot); ARGV[3] = '1' on the last batch (then
+/// stale ids are dropped); then per live call its id, the number of its channel keys and the
+/// keys. A missing record is re-created and its keys counted again (Redis restarted empty,
+/// restored from an old snapshot, or a replica promoted without the last writes).
+/// Returns {re-created, dropped}.
+const ASSERT: &str = r#"
+local i, made, live = 4, 0, {}
+while i <= #ARGV do
+  local id, k = ARGV[i], tonumber(ARGV[i + 1])
+  live[id] = true
+  local rk = ARGV[1] .. id
+  if redis.call('EXISTS', rk) == 0 then
+    local record = {}
+    for j = 1, k do
+      local key = ARGV[i + 1 + j]
+      redis.call('INCR', key)
+      record[j] = key
+    end
+    redis.call('SET', rk, table.concat(record, '\n'))
+    redis.call('SADD', KEYS[1], id)
+    made = made + 1
+  end
+  i = i + 2 + k
+end
+local dropped = 0
+if ARGV[3] == '1' then
+  local mark = tonumber(ARGV[2])
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    local n = tonumber(string.match(id, ':(%d+)$') or '0')
+    if not live[id] and n <= mark then
+      local rk = ARGV[1] .. id
+      local rec = redis.call('GET', rk)
+      if rec then
+        for k in string.gmatch(rec, '[^\n]+') do
+          if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
+        end
+        redis.call('DEL', rk)
+      end
+      redis.call('SREM', KEYS[1], id)
+      dropped = dropped + 1
+    end
+  end
+end
+return {made, dropped}
+"#;
+
+/// Live calls re-asserted per script call (bounds one call's size and Redis's pause).
+const ASSERT_BATCH: usize = 500;
+
 fn window_key(key: &LimitKey) -> String {
     format!("{PREFIX}w:{key}")
 }
@@ -175,6 +227,15 @@ pub struct RedisStore {
     /// count them as free already, so a call arriving just after another ended is not
     /// refused because the release is still on its way.
     releasing: Mutex<HashMap<LimitKey, i64>>,
+    /// This node's reservations in Redis that are still held (id -> channel keys), re-asserted
+    /// every heartbeat so Redis's counts converge to the truth after any fault.
+    held: Mutex<HashMap<String, Vec<String>>>,
+    /// Reservation numbers whose admission has not been answered yet: an anti-entropy round
+    /// leaves these (and younger ones) alone.
+    in_flight: Mutex<std::collections::BTreeSet<u64>>,
+    /// When the last anti-entropy round ran (one per heartbeat period).
+    reasserted: Mutex<Option<std::time::Instant>>,
+    assert: redis::Script,
     stop: AtomicBool,
 }
 
@@ -201,6 +262,10 @@ impl RedisStore {
             pending_releases: Mutex::new(VecDeque::new()),
             release_tx: Mutex::new(None),
             releasing: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(std::collections::BTreeSet::new()),
+            reasserted: Mutex::new(None),
+            assert: redis::Script::new(ASSERT),
             stop: AtomicBool::new(false),
         });
         store.reconnect(true);
@@ -339,6 +404,7 @@ impl RedisStore {
         let Some(conn) = guard.as_mut() else { return };
         let result: redis::RedisResult<()> = (|| {
             self.beat(conn)?;
+            self.reassert(conn)?;
             let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODES_KEY).query(conn)?;
             for node in nodes.iter().filter(|n| **n != self.settings.node) {
                 let freed: i64 = self
@@ -359,6 +425,59 @@ impl RedisStore {
             drop(guard);
             self.mark_down(&e.to_string());
         }
+    }
+
+    /// Anti-entropy round: re-creates the records of this node's held reservations that
+    /// Redis lost and drops the ones it holds for this node that are no longer held. Queued
+    /// releases go first, so a call that ended is not re-asserted.
+    fn reassert(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+        {
+            let mut last = self.reasserted.lock();
+            if last.is_some_and(|t| t.elapsed() < self.settings.heartbeat) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.flush_pending(conn)?;
+        let mark = {
+            let in_flight = self.in_flight.lock();
+            in_flight.first().map_or_else(|| self.seq.load(Ordering::Relaxed), |oldest| oldest - 1)
+        };
+        let held: Vec<(String, Vec<String>)> =
+            self.held.lock().iter().map(|(id, keys)| (id.clone(), keys.clone())).collect();
+        let batches = held.len().div_ceil(ASSERT_BATCH).max(1);
+        let (mut made, mut dropped) = (0i64, 0i64);
+        for b in 0..batches {
+            let mut call = self.assert.key(node_calls_key(&self.settings.node));
+            call.arg(format!("{PREFIX}r:")).arg(mark).arg(if b + 1 == batches { "1" } else { "0" });
+            for (id, keys) in held.iter().skip(b * ASSERT_BATCH).take(ASSERT_BATCH) {
+                call.arg(id).arg(keys.len());
+                for k in keys {
+                    call.arg(k);
+                }
+            }
+            let (m, d): (i64, i64) = call.invoke(conn)?;
+            made += m;
+            dropped += d;
+        }
+        if made > 0 || dropped > 0 {
+            tracing::warn!(event = "cluster.reconciled", node = %self.settings.node, recreated = made, dropped, "Redis's reservations for this node differed from its live calls; corrected");
+        }
+        Ok(())
+    }
+
+    /// A new reservation number, in flight until the returned guard drops.
+    fn take_off(&self) -> Flight<'_> {
+        let mut in_flight = self.in_flight.lock();
+        let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        in_flight.insert(n);
+        Flight { store: self, n }
+    }
+
+    /// Remembers a reservation Redis granted, for the anti-entropy rounds.
+    fn hold(&self, id: &str, demands: &[Demand]) {
+        let keys = demands.iter().map(|d| channels_key(&d.key)).collect();
+        self.held.lock().insert(id.to_string(), keys);
     }
 
     /// This node's not-yet-applied releases of `key`.
@@ -446,6 +565,25 @@ impl RedisStore {
     }
 }
 
+/// An admission on its way to Redis; its number leaves the in-flight set when this drops,
+/// whatever the outcome (answered, refused, timed out, the task cancelled).
+struct Flight<'a> {
+    store: &'a RedisStore,
+    n: u64,
+}
+
+impl Flight<'_> {
+    fn id(&self, node: &str) -> String {
+        format!("{node}:{}", self.n)
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.store.in_flight.lock().remove(&self.n);
+    }
+}
+
 /// A reservation to give back to Redis, with the keys it credits until applied; or an
 /// admission this node gave up on (`abandoned`: no keys credited, it may never have applied).
 #[derive(Debug, Clone)]
@@ -491,7 +629,8 @@ impl RedisStore {
         };
         let mut refusal = None;
         for (i, demands) in candidates.iter().enumerate() {
-            let id = format!("{}:{}", self.settings.node, self.seq.fetch_add(1, Ordering::Relaxed) + 1);
+            let flight = self.take_off();
+            let id = flight.id(&self.settings.node);
             let mut call = self.admit.prepare_invoke();
             for d in demands {
                 call.key(window_key(&d.key)).key(channels_key(&d.key));
@@ -509,10 +648,14 @@ impl RedisStore {
                 Ok(Ok((0, _))) => {
                     return match self.local.admit(now, &unlimited(demands), count_cps) {
                         Ok(mut mirror) => {
+                            self.hold(&id, demands);
                             mirror.set_token(id);
                             Remote::Admitted(i, mirror)
                         }
-                        Err(r) => Remote::Rejected(r),
+                        Err(r) => {
+                            self.abandon(id);
+                            Remote::Rejected(r)
+                        }
                     };
                 }
                 Ok(Ok((-1, _))) => return self.unavailable("admission id abandoned"),
@@ -562,10 +705,18 @@ fn divided(demands: &[Demand], nodes: u32) -> Vec<Demand> {
 impl Store for RedisStore {
     fn admit(&self, now: Instant, demands: &[Demand], count_cps: bool) -> Result<Reservation, Rejection> {
         if self.up.load(Ordering::Relaxed) {
-            let id = format!("{}:{}", self.settings.node, self.seq.fetch_add(1, Ordering::Relaxed) + 1);
+            let flight = self.take_off();
+            let id = flight.id(&self.settings.node);
             match self.admit_shared(demands, count_cps, &id) {
                 Some(Ok(())) => {
-                    let mut mirror = self.local.admit(now, &unlimited(demands), count_cps)?;
+                    let mut mirror = match self.local.admit(now, &unlimited(demands), count_cps) {
+                        Ok(m) => m,
+                        Err(r) => {
+                            self.abandon(id);
+                            return Err(r);
+                        }
+                    };
+                    self.hold(&id, demands);
                     mirror.set_token(id);
                     return Ok(mirror);
                 }
@@ -588,6 +739,7 @@ impl Store for RedisStore {
         let Some(id) = token else {
             return self.local.release(now, Reservation::new(keys, None));
         };
+        self.held.lock().remove(&id);
         self.local.release(now, Reservation::new(keys.clone(), None));
         {
             let mut releasing = self.releasing.lock();
