@@ -17,9 +17,14 @@ struct Redis {
 
 impl Redis {
     fn start(port: u16) -> Option<Self> {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Option<Self> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
             .args(["--enable-debug-command", "local"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -511,4 +516,100 @@ async fn counts_converge_after_redis_loses_or_keeps_stale_state() {
         "the stale reservation is dropped"
     );
     node.stop().await;
+}
+
+/// A redis-server in Sentinel mode watching `primary` as service "edge" (quorum 1, down
+/// after 400 ms), on `port`, with its config file (Sentinel rewrites it) in a temp dir.
+fn start_sentinel(port: u16, primary: u16) -> Child {
+    let dir = std::env::temp_dir().join(format!("sluice-sentinel-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\nsentinel monitor edge 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds edge 400\nsentinel failover-timeout edge 2000\n"
+        ),
+    )
+    .unwrap();
+    Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server --sentinel")
+}
+
+/// The port Sentinel names as the primary of "edge", if it answers.
+fn sentinel_primary(sentinel: u16) -> Option<u16> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{sentinel}/")).ok()?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_millis(200)).ok()?;
+    let addr: Vec<String> =
+        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("edge").query(&mut conn).ok()?;
+    addr.get(1)?.parse().ok()
+}
+
+/// Redis HA through Sentinel (one primary, one replica, one sentinel on loopback): the node
+/// finds the primary through Sentinel; the primary is killed with 3 calls up; Sentinel
+/// promotes the replica; the node follows it, a new call is admitted through the new primary,
+/// and the new primary's count is the 4 calls really up (replicated, and re-asserted by the
+/// node whatever replication missed), then 0 after they hang up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed() {
+    let (pp, rp, sp) = (free_port(), free_port(), free_port());
+    let Some(mut primary) = Redis::start(pp) else { return };
+    let replica = Redis::start_with(rp, &["--replicaof", "127.0.0.1", &pp.to_string()]).expect("replica");
+    let mut sentinel = start_sentinel(sp, pp);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sentinel_primary(sp) != Some(pp) {
+        assert!(Instant::now() < deadline, "sentinel never named the primary");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    spawn_pbx(pbx, Pbx::Answer);
+    let url = format!("redis+sentinel://127.0.0.1:{sp}/edge");
+    let node = start(&node_config(&uri, &url, "ha", "channels = 10", "timeout_ms = 200")).await;
+    cluster_up(&node).await;
+    let proxy = node.addr(Transport::Udp).unwrap();
+    let mut c = Endpoint::udp().await;
+    let ids: Vec<String> = (0..3).map(|i| format!("ha-{i}")).collect();
+    let mut up = place(&mut c, proxy, &ids, Duration::from_millis(600)).await;
+    assert_eq!(up.iter().filter(|(s, _)| *s == 200).count(), 3);
+    assert_eq!(primary.settle_channels(3).await, 3, "counted on the primary Sentinel named");
+
+    primary.kill();
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sentinel_primary(sp) != Some(rp) {
+        assert!(Instant::now() < deadline, "sentinel never promoted the replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node noticed (its heartbeat failed within 200 ms, before the promotion), asks
+    // Sentinel again and reconnects; cluster_up can only return through the new primary.
+    let promoted = killed.elapsed();
+    cluster_up(&node).await;
+    eprintln!(
+        "sentinel: promoted {promoted:?} after the kill; node up again {:?} after it",
+        killed.elapsed()
+    );
+    let after = place(&mut c, proxy, &["ha-after".to_string()], Duration::from_millis(600)).await;
+    assert_eq!(after.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![200], "admitted after the failover");
+    up.extend(after);
+    assert_eq!(
+        replica.settle_channels_within(4, Duration::from_secs(3)).await,
+        4,
+        "the 4 calls up, on the new primary"
+    );
+    hang_up_answered(&mut c, proxy, &up).await;
+    finals(&mut c, Duration::from_millis(300)).await;
+    assert_eq!(
+        replica.settle_channels_within(0, Duration::from_secs(3)).await,
+        0,
+        "released on the new primary"
+    );
+    node.stop().await;
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
 }

@@ -576,8 +576,15 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         None => Usage { state_file: None, window_days: 30 },
     };
     let cluster = raw.cluster.as_ref().map(|c| {
-        if !(c.redis.starts_with("redis://") || c.redis.starts_with("rediss://")) {
-            e.push(&[Key("cluster"), Key("redis")], "must be a redis:// URL");
+        if crate::limit::primary::is_sentinel_url(&c.redis) {
+            if let Err(why) = crate::limit::primary::parse_sentinel_url(&c.redis) {
+                e.push(&[Key("cluster"), Key("redis")], format!("Sentinel URL: {why}"));
+            }
+        } else if !(c.redis.starts_with("redis://") || c.redis.starts_with("rediss://")) {
+            e.push(
+                &[Key("cluster"), Key("redis")],
+                "must be a redis:// URL or redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB]",
+            );
         }
         if !(1..=bounds::NODES).contains(&c.nodes) {
             e.push(&[Key("cluster"), Key("nodes")], format!("must be between 1 and {}", bounds::NODES));

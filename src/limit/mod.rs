@@ -8,6 +8,7 @@
 pub mod customers;
 pub mod memory;
 pub mod plan;
+pub mod primary;
 pub mod queue;
 pub mod redis;
 pub mod window;

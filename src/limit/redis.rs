@@ -209,7 +209,8 @@ impl RedisSettings {
 /// metrics, and enforces the divided limits while Redis is unreachable.
 pub struct RedisStore {
     settings: RedisSettings,
-    client: redis::Client,
+    /// The Redis to use: a fixed URL, or the primary a Sentinel deployment names.
+    primary: super::primary::Primary,
     conn: Mutex<Option<redis::Connection>>,
     /// The multiplexed connection new-call admissions share (many in flight at once).
     aconn: Mutex<Option<redis::aio::MultiplexedConnection>>,
@@ -246,11 +247,10 @@ pub struct RedisSetupError(String);
 
 impl RedisStore {
     pub fn new(settings: RedisSettings, local: Arc<MemoryStore>) -> Result<Arc<Self>, RedisSetupError> {
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| RedisSetupError(e.to_string()))?;
+        let primary = super::primary::Primary::open(&settings.url).map_err(RedisSetupError)?;
         let store = Arc::new(Self {
             settings,
-            client,
+            primary,
             conn: Mutex::new(None),
             aconn: Mutex::new(None),
             local,
@@ -305,15 +305,7 @@ impl RedisStore {
             let mut conn: Option<redis::Connection> = None;
             while let Ok(release) = rx.recv() {
                 if conn.is_none() {
-                    conn = store
-                        .client
-                        .get_connection_with_timeout(store.settings.timeout)
-                        .and_then(|c| {
-                            c.set_read_timeout(Some(store.settings.timeout))?;
-                            c.set_write_timeout(Some(store.settings.timeout))?;
-                            Ok(c)
-                        })
-                        .ok();
+                    conn = store.primary.client().and_then(|client| store.connect(&client).ok());
                 }
                 let done = conn.as_mut().map(|c| store.release_shared(c, &release));
                 if matches!(done, Some(Ok(()))) {
@@ -333,12 +325,15 @@ impl RedisStore {
     /// Connects and announces this node. `fresh`: at start, release what a previous run of
     /// this node left (it has no calls after a restart).
     fn reconnect(&self, fresh: bool) -> bool {
-        let conn = self.client.get_connection_with_timeout(self.settings.timeout).and_then(|c| {
-            c.set_read_timeout(Some(self.settings.timeout))?;
-            c.set_write_timeout(Some(self.settings.timeout))?;
-            Ok(c)
-        });
-        let mut conn = match conn {
+        if let Err(e) = self.primary.resolve() {
+            self.mark_down(&format!("no primary from Sentinel: {e}"));
+            return false;
+        }
+        let Some(client) = self.primary.client() else {
+            self.mark_down("no primary known");
+            return false;
+        };
+        let mut conn = match self.connect(&client) {
             Ok(c) => c,
             Err(e) => {
                 self.mark_down(&e.to_string());
@@ -372,6 +367,14 @@ impl RedisStore {
         true
     }
 
+    /// A blocking connection with the store's timeout on connect, reads and writes.
+    fn connect(&self, client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+        let conn = client.get_connection_with_timeout(self.settings.timeout)?;
+        conn.set_read_timeout(Some(self.settings.timeout))?;
+        conn.set_write_timeout(Some(self.settings.timeout))?;
+        Ok(conn)
+    }
+
     fn beat(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
         let ttl = self.settings.heartbeat.as_millis() as u64 * 3;
         redis::pipe()
@@ -390,6 +393,9 @@ impl RedisStore {
 
     fn mark_down(&self, why: &str) {
         *self.conn.lock() = None;
+        // The shared async connection too: after a failover it would still point at the old
+        // primary; the next admission connects to the one the store resolves next.
+        *self.aconn.lock() = None;
         if self.up.swap(false, Ordering::Relaxed) || self.seq.load(Ordering::Relaxed) == 0 {
             tracing::warn!(event = "cluster.down", redis = %self.settings.url, error = why, mode = ?self.settings.on_failure, "cluster store unreachable; limits follow on_failure");
         }
@@ -613,10 +619,12 @@ impl RedisStore {
         let conn = self.aconn.lock().clone();
         let mut conn = match conn {
             Some(c) => c,
-            None => match tokio::time::timeout(
-                self.settings.timeout,
-                self.client.get_multiplexed_async_connection(),
-            )
+            None => match tokio::time::timeout(self.settings.timeout, async {
+                match self.primary.client() {
+                    Some(client) => client.get_multiplexed_async_connection().await,
+                    None => Err(redis::RedisError::from((redis::ErrorKind::IoError, "no primary known"))),
+                }
+            })
             .await
             {
                 Ok(Ok(c)) => {
