@@ -123,8 +123,8 @@ async fn two_nodes_share_one_cps_limit() {
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     let seen = spawn_pbx(pbx, Pbx::Busy);
-    let a = start(&node_config(&uri, &redis.url(), "a", "cps = 10", "")).await;
-    let b = start(&node_config(&uri, &redis.url(), "b", "cps = 10", "")).await;
+    let a = start(&node_config(&uri, &redis.url(), "a", "cps = 10", "timeout_ms = 1000")).await;
+    let b = start(&node_config(&uri, &redis.url(), "b", "cps = 10", "timeout_ms = 1000")).await;
     let (pa, pb) = (a.addr(Transport::Udp).unwrap(), b.addr(Transport::Udp).unwrap());
     let mut caller = Endpoint::udp().await;
     // 40 calls/s sprayed over both nodes for 4.9 s: 5 windows of 10.
@@ -154,8 +154,8 @@ async fn two_nodes_share_one_channel_limit_and_a_dead_node_is_swept() {
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     spawn_pbx(pbx, Pbx::Answer);
-    let a = start(&node_config(&uri, &redis.url(), "a", "channels = 10", "")).await;
-    let b = start(&node_config(&uri, &redis.url(), "b", "channels = 10", "")).await;
+    let a = start(&node_config(&uri, &redis.url(), "a", "channels = 10", "timeout_ms = 1000")).await;
+    let b = start(&node_config(&uri, &redis.url(), "b", "channels = 10", "timeout_ms = 1000")).await;
     let (pa, pb) = (a.addr(Transport::Udp).unwrap(), b.addr(Transport::Udp).unwrap());
     let mut ca = Endpoint::udp().await;
     let mut cb = Endpoint::udp().await;
@@ -191,7 +191,7 @@ async fn two_nodes_share_one_channel_limit_and_a_dead_node_is_swept() {
     // b holds one call; a comes back under the same id: nothing is released twice.
     cb.send(pb, invite(&cb, "after", "after", "100", pb).as_bytes()).await;
     cb.expect("SIP/2.0 200").await;
-    let a2 = start(&node_config(&uri, &redis.url(), "a", "channels = 10", "")).await;
+    let a2 = start(&node_config(&uri, &redis.url(), "a", "channels = 10", "timeout_ms = 1000")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(redis.server_channels(), 1);
     let m = http(b.admin.unwrap(), "GET", "/metrics").await.1;
@@ -304,7 +304,7 @@ async fn call_flows_release_shared_channels_and_count_a_challenged_call_once() {
          [[carrier]]\nname = \"silent\"\ngateways = [\"{}\"]\n[[carrier]]\nname = \"auth\"\ngateways = [\"{}\"]\n\
          [[route]]\nprefix = \"1\"\ncarriers = [\"ring\"]\n[[route]]\nprefix = \"2\"\ncarriers = [\"busy\"]\n\
          [[route]]\nprefix = \"3\"\ncarriers = [\"silent\"]\n[[route]]\nprefix = \"4\"\ncarriers = [\"auth\"]\n\
-         [cluster]\nredis = \"{}\"\nnode = \"flows\"\nheartbeat_ms = 200\n",
+         [cluster]\nredis = \"{}\"\nnode = \"flows\"\nheartbeat_ms = 200\n# A loaded CI machine must not turn a slow answer into a fallback here.\ntimeout_ms = 1000\n",
         uris[0],
         uris[1],
         uris[2],

@@ -151,6 +151,9 @@ end
 return {made, dropped}
 "#;
 
+/// Releases sent in one pipeline at most.
+const RELEASE_BATCH: usize = 256;
+
 /// Live calls re-asserted per script call (bounds one call's size and Redis's pause).
 const ASSERT_BATCH: usize = 500;
 
@@ -303,16 +306,37 @@ impl RedisStore {
         let store = self.clone();
         let spawned = std::thread::Builder::new().name("sluice-release".into()).spawn(move || {
             let mut conn: Option<redis::Connection> = None;
-            while let Ok(release) = rx.recv() {
-                if conn.is_none() {
-                    conn = store.primary.client().and_then(|client| store.connect(&client).ok());
+            while let Ok(first) = rx.recv() {
+                // Whatever else is queued goes in the same round trip: one pipeline of
+                // release scripts, so releases keep up with admissions.
+                let mut batch = vec![first];
+                while batch.len() < RELEASE_BATCH {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
                 }
-                let done = conn.as_mut().map(|c| store.release_shared(c, &release));
+                if conn.is_none() {
+                    conn = store.primary.client().and_then(|client| {
+                        let mut c = store.connect(&client).ok()?;
+                        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(RELEASE).query(&mut c).ok()?;
+                        Some(c)
+                    });
+                }
+                let done = conn.as_mut().map(|c| {
+                    let mut pipe = redis::pipe();
+                    for release in &batch {
+                        pipe.add_command(store.release_cmd(release)).ignore();
+                    }
+                    pipe.query::<()>(c)
+                });
                 if matches!(done, Some(Ok(()))) {
-                    store.applied(&release);
+                    for release in &batch {
+                        store.applied(release);
+                    }
                 } else {
                     conn = None;
-                    store.pending_releases.lock().push_back(release);
+                    store.pending_releases.lock().extend(batch);
                     store.mark_down("release failed");
                 }
             }
@@ -486,6 +510,13 @@ impl RedisStore {
         self.held.lock().insert(id.to_string(), keys);
     }
 
+    /// Releases (and abandoned admissions) Redis has not applied yet, in channels credited
+    /// plus queued requests: 0 once everything this node gave back has reached Redis.
+    pub fn pending(&self) -> usize {
+        let credited: i64 = self.releasing.lock().values().sum();
+        usize::try_from(credited).unwrap_or(0) + self.pending_releases.lock().len()
+    }
+
     /// This node's not-yet-applied releases of `key`.
     fn credit(&self, key: &LimitKey) -> i64 {
         self.releasing.lock().get(key).copied().unwrap_or(0)
@@ -502,6 +533,20 @@ impl RedisStore {
                 }
             }
         }
+    }
+
+    /// The release script as a plain EVALSHA (for pipelines; the script must be loaded).
+    fn release_cmd(&self, release: &Release) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.release.get_hash())
+            .arg(3)
+            .arg(reservation_key(&release.id))
+            .arg(node_calls_key(&self.settings.node))
+            .arg(abandoned_key(&release.id))
+            .arg(&release.id)
+            .arg(if release.abandoned { "1" } else { "0" })
+            .arg(ABANDONED_TTL_MS);
+        cmd
     }
 
     fn release_shared(&self, conn: &mut redis::Connection, release: &Release) -> redis::RedisResult<()> {

@@ -495,6 +495,6 @@ pub fn cluster_section() -> Option<String> {
     let port = (*port)?;
     let db = DB.fetch_add(1, Ordering::Relaxed) % 16;
     Some(format!(
-        "[cluster]\nredis = \"redis://127.0.0.1:{port}/{db}\"\nnode = \"test-{db}\"\nheartbeat_ms = 200\n"
+        "[cluster]\nredis = \"redis://127.0.0.1:{port}/{db}\"\nnode = \"test-{db}\"\nheartbeat_ms = 200\ntimeout_ms = 1000\n"
     ))
 }
