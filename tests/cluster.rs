@@ -389,42 +389,99 @@ async fn place(
         .collect()
 }
 
-/// A hung Redis (SIGSTOP for longer than timeout_ms) while calls arrive: the node gives up
-/// on the admission in flight and falls back to local limits. Redis runs that admission when
-/// it resumes; the node undoes it, so afterwards the shared count is what is really up and
-/// exactly `channels` held calls fit, the next refused. (Before the fix the ghost
-/// reservation stayed: one channel fewer, for good.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_redis_leaks_no_channels() {
+/// How a test makes Redis stop answering for a while.
+#[derive(Clone, Copy, Debug)]
+enum Hang {
+    /// SIGSTOP, then SIGCONT: the process is frozen, the kernel keeps taking requests.
+    Stop,
+    /// DEBUG SLEEP 1.5: Redis is busy; requests queue behind it.
+    Sleep,
+}
+
+/// The server scope's channel count /status shows on a node (its own calls).
+async fn status_channels(node: &sluice::server::Running) -> i64 {
+    let body = http(node.admin.unwrap(), "GET", "/status").await.1;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    v["server"]["channels"].as_i64().unwrap_or(-1)
+}
+
+/// A Redis that stops answering for longer than timeout_ms while calls arrive: the node
+/// gives up on the admissions in flight and falls back to local limits. Redis runs those
+/// admissions when it resumes; the node undoes them, so afterwards the shared count is what is
+/// really up and exactly `channels` held calls fit across both nodes, the next refused.
+/// Two mechanisms guard this: abandoned admissions are undone at the reconnect, and the
+/// anti-entropy round (every heartbeat, 200 ms here) drops what no live call holds; with
+/// both removed, the three ghost reservations stayed for good (3 channels fewer; this test
+/// failed that way before either existed).
+async fn a_hung_redis_leaks_nothing(hang: Hang) {
     let Some(redis) = Redis::start(free_port()) else { return };
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     spawn_pbx(pbx, Pbx::Answer);
     let extra = "timeout_ms = 200\non_failure = \"local\"\nnodes = 1";
     let node = start(&node_config(&uri, &redis.url(), "hung", "channels = 4", extra)).await;
-    let proxy = node.addr(Transport::Udp).unwrap();
+    let other = start(&node_config(&uri, &redis.url(), "other", "channels = 4", extra)).await;
+    let (proxy, proxy2) = (node.addr(Transport::Udp).unwrap(), other.addr(Transport::Udp).unwrap());
     let mut c = Endpoint::udp().await;
     let before = place(&mut c, proxy, &["up-0".to_string()], Duration::from_millis(500)).await;
     assert_eq!(before.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![200]);
     assert_eq!(redis.settle_channels(1).await, 1);
 
-    redis.signal("STOP");
+    let sleeper = match hang {
+        Hang::Stop => {
+            redis.signal("STOP");
+            None
+        }
+        Hang::Sleep => {
+            let url = redis.url();
+            let t = std::thread::spawn(move || {
+                let client = redis::Client::open(url).expect("url");
+                let mut conn = client.get_connection().expect("redis");
+                let _: redis::RedisResult<String> =
+                    redis::cmd("DEBUG").arg("SLEEP").arg(1.5).query(&mut conn);
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await; // asleep now
+            Some(t)
+        }
+    };
     let during: Vec<String> = (0..3).map(|i| format!("hung-{i}")).collect();
-    let got = place(&mut c, proxy, &during, Duration::from_millis(1500)).await;
+    let got = place(&mut c, proxy, &during, Duration::from_millis(1000)).await;
     assert_eq!(got.iter().filter(|(s, _)| *s == 200).count(), 3, "local limits while Redis hangs: {got:?}");
     hang_up_answered(&mut c, proxy, &got).await;
     finals(&mut c, Duration::from_millis(300)).await; // the BYEs' 200s
-    redis.signal("CONT");
+    match sleeper {
+        None => redis.signal("CONT"),
+        Some(t) => {
+            let _ = t.join();
+        }
+    }
     cluster_up(&node).await;
+    cluster_up(&other).await;
     assert_eq!(redis.settle_channels(1).await, 1, "only the call that is up holds a shared channel");
+    assert_eq!(status_channels(&node).await, 1, "/status agrees");
 
     let after: Vec<String> = (0..4).map(|i| format!("after-{i}")).collect();
-    let got = place(&mut c, proxy, &after, Duration::from_millis(1000)).await;
+    let mut got = Vec::new();
+    for (i, id) in after.iter().enumerate() {
+        let to = if i % 2 == 0 { proxy2 } else { proxy };
+        got.extend(place(&mut c, to, std::slice::from_ref(id), Duration::from_millis(400)).await);
+    }
     let ok = got.iter().filter(|(s, _)| *s == 200).count();
     let refused = got.iter().filter(|(s, m)| *s == 503 && m.contains("Channel Limit reached")).count();
-    assert_eq!((ok, refused), (3, 1), "4 channels: the one up + 3, the 4th refused: {got:?}");
+    assert_eq!((ok, refused), (3, 1), "4 channels across both nodes: the one up + 3, then refused: {got:?}");
     assert_eq!(redis.server_channels(), 4);
     node.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_leaks_no_channels() {
+    a_hung_redis_leaks_nothing(Hang::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_redis_leaks_no_channels() {
+    a_hung_redis_leaks_nothing(Hang::Sleep).await;
 }
 
 /// No SIP worker waits on Redis: a call waits in the spike buffer for its CPS slot, Redis
@@ -499,6 +556,7 @@ async fn counts_converge_after_redis_loses_or_keeps_stale_state() {
         10,
         "the node re-asserted its 10 live calls"
     );
+    assert_eq!(status_channels(&node).await, 10, "/status and Redis agree");
     let got = place(&mut c, proxy, &["ae-11th".to_string()], Duration::from_millis(800)).await;
     assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![503], "a limit of 10 is full: {got:?}");
 
