@@ -359,6 +359,12 @@ async fn call_flows_release_shared_channels_and_count_a_challenged_call_once() {
     running.stop().await;
 }
 
+/// Whether the node's /metrics says the cluster store is up.
+async fn metrics_say_up(node: &sluice::server::Running) -> bool {
+    let m = http(node.admin.unwrap(), "GET", "/metrics").await.1;
+    m.lines().any(|l| l == "sluice_cluster_up 1")
+}
+
 /// Waits until the node's /metrics says the cluster store is up again.
 async fn cluster_up(node: &sluice::server::Running) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -639,18 +645,28 @@ async fn a_sentinel_failover_is_followed() {
 
     primary.kill();
     let killed = Instant::now();
+    // Calls keep arriving through the switch (each hung up once answered): none is refused;
+    // while no primary answers they are admitted under on_failure = "local".
+    let (mut during, mut n) = (Vec::new(), 0);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while sentinel_primary(sp) != Some(rp) {
-        assert!(Instant::now() < deadline, "sentinel never promoted the replica");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut promoted = None;
+    while promoted.is_none() || !metrics_say_up(&node).await {
+        if promoted.is_none() && sentinel_primary(sp) == Some(rp) {
+            promoted = Some(killed.elapsed());
+        }
+        let id = format!("ha-switch-{n}");
+        n += 1;
+        let got = place(&mut c, proxy, &[id], Duration::from_millis(150)).await;
+        hang_up_answered(&mut c, proxy, &got).await;
+        during.extend(got.into_iter().map(|(s, _)| s));
+        assert!(Instant::now() < deadline, "no failover within 15 s");
     }
-    // The node noticed (its heartbeat failed within 200 ms, before the promotion), asks
-    // Sentinel again and reconnects; cluster_up can only return through the new primary.
-    let promoted = killed.elapsed();
-    cluster_up(&node).await;
+    assert!(!during.is_empty() && during.iter().all(|s| *s == 200), "calls during the switch: {during:?}");
+    finals(&mut c, Duration::from_millis(300)).await; // the BYEs' answers
     eprintln!(
-        "sentinel: promoted {promoted:?} after the kill; node up again {:?} after it",
-        killed.elapsed()
+        "sentinel: promoted {promoted:?} after the kill; node up again {:?} after it; {} calls during the switch, all answered",
+        killed.elapsed(),
+        during.len()
     );
     let after = place(&mut c, proxy, &["ha-after".to_string()], Duration::from_millis(600)).await;
     assert_eq!(after.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![200], "admitted after the failover");
