@@ -8,6 +8,9 @@
 #   WITH_LIMITS=1 configures limits at 7 scopes (server, customer, ip, route, did, carrier,
 #   gateway), all far above the offered load: the limiter's cost when limits are configured
 #   but not hit. REDIS_URL=redis://127.0.0.1:6379/ adds [cluster]: limits kept in Redis.
+#   TRANSPORT=tcp runs both legs over TCP (one connection each way, SIPp -t t1).
+#   LOG_LEVEL=info logs one call.admission line per call (the shipped config's level) to a file.
+#   WORKERS=N sets [server] workers (default 0: one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +20,14 @@ MAX=${3:-12000}
 SECS=${4:-10}
 WITH_LIMITS=${WITH_LIMITS:-0}
 REDIS_URL=${REDIS_URL:-}
+TRANSPORT=${TRANSPORT:-udp}
+LOG_LEVEL=${LOG_LEVEL:-warn}
+WORKERS=${WORKERS:-0}
+case "$TRANSPORT" in
+  udp) SIPP_T=u1 ;;
+  tcp) SIPP_T=t1 ;;
+  *) echo "TRANSPORT must be udp or tcp" >&2; exit 1 ;;
+esac
 PROXY_PORT=${PROXY_PORT:-25060}
 UAS_PORT=${UAS_PORT:-25070}
 UAC_PORT=${UAC_PORT:-25080}
@@ -32,13 +43,14 @@ trap cleanup EXIT
 
 cat > "$work/sluice.toml" <<TOML
 [server]
-listen = ["udp://127.0.0.1:$PROXY_PORT"]
+listen = ["$TRANSPORT://127.0.0.1:$PROXY_PORT"]
+workers = $WORKERS
 [log]
 format = "json"
-level = "warn"
+level = "$LOG_LEVEL"
 [[carrier]]
 name = "uas"
-gateways = ["udp://127.0.0.1:$UAS_PORT"]
+gateways = ["$TRANSPORT://127.0.0.1:$UAS_PORT"]
 [[route]]
 prefix = ""
 carriers = ["uas"]
@@ -59,7 +71,7 @@ number = "service"
 cps = 1000000
 channels = 10000000
 TOML
-  sed -i 's/^carriers = \["uas"\]$/carriers = ["uas"]\ncps = 1000000\nchannels = 10000000/; s/^gateways = \["udp:\/\/127.0.0.1:'"$UAS_PORT"'"\]$/&\ncps = 1000000\nchannels = 10000000\ngateway_cps = 1000000\ngateway_channels = 10000000/' "$work/sluice.toml"
+  sed -i 's/^carriers = \["uas"\]$/carriers = ["uas"]\ncps = 1000000\nchannels = 10000000/; s/^gateways = \["'"$TRANSPORT"':\/\/127.0.0.1:'"$UAS_PORT"'"\]$/&\ncps = 1000000\nchannels = 10000000\ngateway_cps = 1000000\ngateway_channels = 10000000/' "$work/sluice.toml"
 fi
 
 if [ -n "$REDIS_URL" ]; then
@@ -68,7 +80,7 @@ fi
 
 "$BIN" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 PID=$!
-(cd "$work" && exec sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -buff_size 4194304 -nostdin >/dev/null 2>&1) &
+(cd "$work" && exec sipp -sn uas -t "$SIPP_T" -i 127.0.0.1 -p "$UAS_PORT" -buff_size 4194304 -nostdin >/dev/null 2>&1) &
 UAS=$!
 sleep 1
 
@@ -76,14 +88,14 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 count() { grep -E "^ *$1" "$2" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}'; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "command: WITH_LIMITS=$WITH_LIMITS REDIS_URL=$REDIS_URL benches/sipp-load.sh $START $STEP $MAX $SECS"
+echo "command: WITH_LIMITS=$WITH_LIMITS REDIS_URL=$REDIS_URL TRANSPORT=$TRANSPORT LOG_LEVEL=$LOG_LEVEL WORKERS=$WORKERS benches/sipp-load.sh $START $STEP $MAX $SECS"
 printf "%8s %8s %8s %8s %14s %10s\n" rate calls ok failed cpu_s/1000 peak_rss
 best=0
 for ((rate = START; rate <= MAX; rate += STEP)); do
   calls=$((rate * SECS))
   before=$(cpu_ticks)
   start_ns=$(date +%s%N)
-  (cd "$work" && timeout $((SECS * 3 + 30)) sipp -sn uac "127.0.0.1:$PROXY_PORT" -i 127.0.0.1 -p "$UAC_PORT" -r "$rate" -m "$calls" -buff_size 4194304 \
+  (cd "$work" && timeout $((SECS * 3 + 30)) sipp -sn uac -t "$SIPP_T" "127.0.0.1:$PROXY_PORT" -i 127.0.0.1 -p "$UAC_PORT" -r "$rate" -m "$calls" -buff_size 4194304 \
       -l $((rate * 4)) -nostdin -timeout $((SECS * 3 + 20)) >"$work/uac.out" 2>&1) || true
   elapsed_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
   after=$(cpu_ticks)
