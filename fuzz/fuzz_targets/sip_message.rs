@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = sluice::sip::framing::frame(data, 65536);
 
-    let mut proxy = Node::new(config(), Arc::new(Stats::default()), 0);
+    let proxy = Node::new(config(), Arc::new(Stats::default()), 0);
     let now = tokio::time::Instant::now();
     let mut out = Vec::new();
     proxy.on_message(now, Peer::udp("192.0.2.1:5060".parse().unwrap()), data, &mut out);
