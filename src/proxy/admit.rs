@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::dialog::CallKey;
+use super::pending::{CallContext, PendingCall};
 use super::refused::Refused;
 use super::timer::{LINGER, Timer};
 use super::transaction::{Target, TxId};
@@ -23,42 +24,6 @@ use crate::limit::{Demand, LimitKey, Refusal, Rejection, Reservation, Scope};
 use crate::peer::Peer;
 use crate::sip::{HeaderName, Message};
 use crate::stats::Stats;
-
-/// What the admission decision is logged with.
-pub(super) struct CallContext<'a> {
-    pub call_id: &'a [u8],
-    pub source: Peer,
-    pub customer: Option<CustomerId>,
-    pub user: Option<&'a [u8]>,
-    pub number: &'a [u8],
-}
-
-/// A new call waiting in the spike buffer (RFC-wise: an INVITE server transaction that has
-/// sent 100 Trying and nothing else yet).
-#[derive(Debug)]
-pub(crate) struct PendingCall {
-    plan: Arc<CallPlan>,
-    count_cps: bool,
-    customer: Option<CustomerId>,
-    user: Option<Bytes>,
-    number: Bytes,
-    from_tag: Bytes,
-    /// The limit that made it wait (and, at the deadline, the answer it gets).
-    rejection: Rejection,
-    since: Instant,
-}
-
-impl PendingCall {
-    fn context<'a>(&'a self, call_id: &'a [u8], source: Peer) -> CallContext<'a> {
-        CallContext {
-            call_id,
-            source,
-            customer: self.customer,
-            user: self.user.as_deref(),
-            number: &self.number,
-        }
-    }
-}
 
 impl Proxy {
     /// Admits a new call under its plan. On success returns the targets (the admitted gateway

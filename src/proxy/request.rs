@@ -5,9 +5,9 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::admit::CallContext;
 use super::dialog::{CallKey, Direction, Phase};
 use super::forward::{self, RequestEdits};
+use super::pending::CallContext;
 use super::sanity::{self, Refusal};
 use super::timer::{T1, Timer};
 use super::transaction::{Branch, ClientState, Failure, ServerState, Target, Tx, TxId};

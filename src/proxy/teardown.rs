@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::dialog::{CallKey, Phase};
+use super::dialog::{CallKey, Phase, Teardown};
 use super::timer::{LINGER, T1, T2, Timer};
 use super::{Action, Proxy, branch};
 use crate::peer::{Peer, Transport};
@@ -21,13 +21,6 @@ use crate::sip::params::split_list;
 use crate::sip::uri::Uri;
 use crate::sip::{HeaderName, Message};
 use crate::stats::Stats;
-
-/// What the BYEs that end a call are built from: the caller's INVITE and the callee's 2xx.
-#[derive(Debug)]
-pub struct Teardown {
-    invite: Bytes,
-    ok: Bytes,
-}
 
 /// The two BYEs.
 struct Byes {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
-use super::transaction::TxId;
+pub use super::ids::TimerKey;
+use super::ids::{CallKey, TxId};
 
 /// RFC 3261 T1 (RTT estimate) and T2 (maximum retransmit interval for non-INVITE).
 pub const T1: std::time::Duration = std::time::Duration::from_millis(500);
@@ -34,17 +35,14 @@ pub enum Timer {
     /// Timers H/I/J/L: forget the transaction.
     Forget(TxId),
     /// A dialog's lifetime (max_call_seconds, or the linger after BYE) ran out.
-    DialogExpiry(super::dialog::CallKey),
+    DialogExpiry(CallKey),
     /// 64*T1 after a call's first 2xx: if no ACK passed, the call is ended.
-    AckWait(super::dialog::CallKey),
+    AckWait(CallKey),
     /// Retransmit (or give up on) a request sluice sent on its own (branch).
     ResendOwn(Vec<u8>),
     /// A remembered 401/407 challenge (of this call) is forgotten.
-    ChallengeExpiry(super::dialog::CallKey),
+    ChallengeExpiry(CallKey),
 }
-
-/// Identifies a scheduled timer, for cancelling it.
-pub type TimerKey = (Instant, u64);
 
 /// Scheduled timers in deadline order. Cancellation removes the entry, so the map holds only
 /// live timers: a call's 12-hour `max_call_seconds` timer does not outlive the call.

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::timer::{TimerKey, Timers};
 use crate::peer::Peer;
 
-pub type TxId = u64;
+pub use super::ids::TxId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
@@ -95,7 +95,7 @@ pub struct Tx {
     pub call_id: Bytes,
     /// The tracked call this transaction belongs to (its initial INVITE, or a request
     /// inside it), if any.
-    pub call: Option<super::dialog::CallKey>,
+    pub call: Option<super::ids::CallKey>,
     pub server_key: Vec<u8>,
     /// Who sent the request (for the Via stamp on every branch).
     pub source: Peer,
@@ -113,7 +113,7 @@ pub struct Tx {
     /// Gateways not tried yet, in reverse order (popped from the back).
     pub remaining: Vec<Target>,
     /// A new call waiting in the spike buffer: everything needed to admit it later.
-    pub(crate) pending: Option<Box<super::admit::PendingCall>>,
+    pub(crate) pending: Option<Box<super::pending::PendingCall>>,
     /// An in-dialog INVITE or UPDATE: its 2xx may refresh the session timer (RFC 4028).
     pub refreshes_session: bool,
     pub cancelled: bool,

@@ -2,7 +2,7 @@
 //! per-user limits and customer-by-username recognition key on. The proxy never verifies
 //! credentials; that is the PBX's job.
 
-use super::message::trim;
+use super::lex::trim;
 use super::params::split_list;
 use super::{HeaderName, Message};
 

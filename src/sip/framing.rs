@@ -5,7 +5,7 @@
 use thiserror::Error;
 
 use super::header::HeaderName;
-use super::message::{parse_u32, trim};
+use super::lex::{parse_u32, trim};
 
 /// The result of looking at the front of a stream buffer.
 #[derive(Debug, PartialEq, Eq)]

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod edit;
 pub mod framing;
 pub mod header;
+pub mod lex;
 pub mod message;
 pub mod name_addr;
 pub mod params;

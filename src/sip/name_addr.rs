@@ -29,8 +29,8 @@ impl NameAddr {
         }
         // addr-spec form: the URI cannot carry parameters; the first ';' starts header params.
         let semi = memchr::memchr(b';', value).unwrap_or(value.len());
-        let start = value.iter().position(|b| !super::message::is_lws(*b)).unwrap_or(0);
-        let end = value[..semi].iter().rposition(|b| !super::message::is_lws(*b)).map_or(start, |p| p + 1);
+        let start = value.iter().position(|b| !super::lex::is_lws(*b)).unwrap_or(0);
+        let end = value[..semi].iter().rposition(|b| !super::lex::is_lws(*b)).map_or(start, |p| p + 1);
         Some(Self { uri: start..end, params: semi..value.len() })
     }
 

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::message::{is_lws, trim};
+use super::lex::{is_lws, trim};
 
 /// One parameter. `range` is the whole `;name[=value]` piece within the scanned input, leading
 /// `;` included, so an editor can replace or remove it.

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
-use super::message::{is_lws, trim};
+use super::lex::{is_lws, trim};
 use super::params;
 use super::uri::parse_host_ip;
 
