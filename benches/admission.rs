@@ -1,6 +1,7 @@
 //! Admission cost: one decision across 7 scopes (server, customer, ip, user, route, carrier,
 //! gateway) in the in-memory store, on 1 and 2 threads, with one source IP and with 1,000,000
-//! distinct source IPs. Prints bytes per key after the 1M run.
+//! distinct source IPs; the same call as a sub-account three levels deep (9 keys), and with a
+//! CPM limit on every key. Prints bytes per key after the 1M run and per CPM key when full.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,8 +27,23 @@ fn demands(ip: IpAddr) -> Vec<Demand> {
         (text(Scope::Gateway, "udp://127.0.0.1:5070"), lim(1_000_000, 1_000_000)),
     ]
     .into_iter()
-    .map(|(key, (cps, channels))| Demand { key, cps, channels })
+    .map(|(key, (cps, channels))| Demand { key, cps, channels, ..Demand::default() })
     .collect()
+}
+
+/// The call of a sub-account whose parent has a parent: two more customer keys.
+fn hierarchy(ip: IpAddr) -> Vec<Demand> {
+    let mut d = demands(ip);
+    for name in ["reseller", "wholesale"] {
+        let key = LimitKey { scope: Scope::Customer, name: KeyName::Text(Arc::from(name)) };
+        d.insert(2, Demand { key, cps: Some(1_000_000), channels: Some(1_000_000), ..Demand::default() });
+    }
+    d
+}
+
+/// Every key also limited per minute (a window that is never full: see `run_paced`).
+fn with_cpm(ip: IpAddr) -> Vec<Demand> {
+    demands(ip).into_iter().map(|d| Demand { cpm: Some(6_000), ..d }).collect()
 }
 
 fn ip(i: u32) -> IpAddr {
@@ -43,6 +59,16 @@ fn run(store: &MemoryStore, sets: &[Vec<Demand>], n: u64, t0: Instant) {
         let us = CLOCK_US.fetch_add(20, Ordering::Relaxed);
         let d = &sets[(us / 20) as usize % sets.len()];
         let now = t0 + Duration::from_micros(us);
+        let r = store.admit(now, d, true).expect("limits are not hit in this bench");
+        store.release(now, black_box(r));
+    }
+}
+
+/// Like `run`, with simulated time advancing `step_us` per call (a CPM window that fills to
+/// its steady state without refusing).
+fn run_paced(store: &MemoryStore, d: &[Demand], n: u64, t0: Instant, clock: &AtomicU64, step_us: u64) {
+    for _ in 0..n {
+        let now = t0 + Duration::from_micros(clock.fetch_add(step_us, Ordering::Relaxed));
         let r = store.admit(now, d, true).expect("limits are not hit in this bench");
         store.release(now, black_box(r));
     }
@@ -91,6 +117,37 @@ fn admission(c: &mut Criterion) {
             start.elapsed()
         })
     });
+    g.bench_function("1_thread_3_level_hierarchy", |b| {
+        let t0 = Instant::now();
+        let store = MemoryStore::new(t0);
+        let sets = vec![hierarchy(ip(1))];
+        b.iter_custom(|iters| {
+            let start = StdInstant::now();
+            run(&store, &sets, iters, t0);
+            start.elapsed()
+        })
+    });
+    {
+        // cpm = 6,000 on all 7 keys at 5,000 calls per simulated minute: each window holds
+        // 5,000 admissions, so every check scans a full ring's stale head.
+        let t0 = Instant::now();
+        let store = MemoryStore::new(t0);
+        let d = with_cpm(ip(1));
+        let clock = AtomicU64::new(0);
+        run_paced(&store, &d, 10_000, t0, &clock, 12_000);
+        g.bench_function("1_thread_cpm_7_scopes", |b| {
+            b.iter_custom(|iters| {
+                let start = StdInstant::now();
+                run_paced(&store, &d, iters, t0, &clock, 12_000);
+                start.elapsed()
+            })
+        });
+        println!(
+            "cpm keys: {}, approx bytes per key with 5,000 admissions in the minute: {}",
+            store.len(),
+            store.bytes_per_key()
+        );
+    }
     let million: Vec<Vec<Demand>> = (0..1_000_000).map(|i| demands(ip(i))).collect();
     let t0 = Instant::now();
     let store = MemoryStore::new(t0);

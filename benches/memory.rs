@@ -107,6 +107,7 @@ fn limit_keys() {
             key: LimitKey::ip(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i))),
             cps: Some(20),
             channels: Some(200),
+            ..Demand::default()
         }];
         let r = keys.admit(t, &d, true).expect("room");
         keys.release(t, r);

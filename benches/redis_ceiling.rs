@@ -34,7 +34,7 @@ fn demands(scopes: usize, i: u32) -> Vec<Demand> {
     ];
     all.into_iter()
         .take(scopes)
-        .map(|key| Demand { key, cps: Some(10_000_000), channels: Some(10_000_000) })
+        .map(|key| Demand { key, cps: Some(10_000_000), channels: Some(10_000_000), ..Demand::default() })
         .collect()
 }
 

@@ -54,6 +54,9 @@ pub struct Stats {
     /// Which limit turned calls away: (scope, name, kind). Per-IP and per-user keys are
     /// folded into name "*" so the label set stays bounded.
     pub limit_hits: DashMap<(Scope, String, Refusal), u64>,
+    /// Calls admitted that a shadow limit would have refused: (scope, name, kind), folded
+    /// like `limit_hits`.
+    pub shadow_hits: DashMap<(Scope, String, Refusal), u64>,
     /// Gateways whose last request went unanswered (timeout or unreachable); cleared by any
     /// response from them.
     pub gateways_down: DashMap<std::net::SocketAddr, ()>,
@@ -125,11 +128,19 @@ impl Stats {
     }
 
     pub fn limit_hit(&self, key: &LimitKey, kind: Refusal) {
-        let name = match key.scope {
+        *self.limit_hits.entry((key.scope, Self::label(key), kind)).or_default() += 1;
+    }
+
+    pub fn shadow_hit(&self, key: &LimitKey, kind: Refusal) {
+        *self.shadow_hits.entry((key.scope, Self::label(key), kind)).or_default() += 1;
+    }
+
+    /// A key's metric name: per-IP and per-user keys fold into "*" (bounded label sets).
+    fn label(key: &LimitKey) -> String {
+        match key.scope {
             Scope::Ip | Scope::User => "*".to_string(),
             _ => key.name.label(),
-        };
-        *self.limit_hits.entry((key.scope, name, kind)).or_default() += 1;
+        }
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

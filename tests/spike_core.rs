@@ -25,8 +25,13 @@ const PBX: &str = "127.0.0.1:5070";
 
 impl Rig {
     fn new(extra: &str) -> Self {
+        Self::with_carrier("", extra)
+    }
+
+    /// `carrier`: extra keys of the one carrier's table (its limits, pacing).
+    fn with_carrier(carrier: &str, extra: &str) -> Self {
         let text = format!(
-            "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\nworkers = 3\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://{PBX}\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n{extra}"
+            "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\nworkers = 3\n[[carrier]]\nname = \"pbx\"\ngateways = [\"udp://{PBX}\"]\n{carrier}\n[[route]]\nprefix = \"\"\ncarriers = [\"pbx\"]\n{extra}"
         );
         let config = Arc::new(Config::parse("t", &text).unwrap());
         let now = Instant::now();
@@ -91,6 +96,21 @@ impl Rig {
 }
 
 impl Rig {
+    /// Like [`Rig::run_until`], returning when (after `t0`) each new call reached the PBX.
+    fn forwarded_at(&mut self, t0: Instant, ms: u64) -> Vec<Duration> {
+        let end = t0 + Duration::from_millis(ms);
+        let mut at = Vec::new();
+        while let Some(due) = self.proxy.next_deadline().filter(|d| *d <= end) {
+            self.now = self.now.max(due);
+            let mut out = Vec::new();
+            self.proxy.on_timer(self.now, &mut out);
+            let (f, _) = self.split(out);
+            at.extend(std::iter::repeat_n(self.now.duration_since(t0), f));
+        }
+        self.now = end;
+        at
+    }
+
     /// Moves the clock to `t0 + ms`, firing each timer at its own deadline (what the runtime
     /// does: it sleeps until the core's next deadline).
     fn run_until(&mut self, t0: Instant, ms: u64) -> (usize, Vec<u16>) {
@@ -239,4 +259,54 @@ fn shards_share_limits_and_cancel_finds_its_shard() {
     let mut out = Vec::new();
     r.proxy.on_message(r.now, Peer::udp(CALLER.parse().unwrap()), cancel.as_bytes(), &mut out);
     assert_eq!(r.split(out).1, vec![200], "the CANCEL is answered by a's shard");
+}
+
+/// `cpm = 30` and 60 calls over 20 s: the first 30 go, the other 30 are refused at once
+/// (a minute-long wait is no reason to queue), and nothing more fits until the first
+/// admission is 60 s old: then exactly one slot per admission that leaves, taken by the
+/// calls waiting for it at the instant it opens.
+#[test]
+fn cpm_refuses_until_the_first_call_leaves_the_minute() {
+    let mut r = Rig::new("[limits]\ncpm = 30\n[overflow]\nqueue_ms = 2000\n");
+    let t0 = r.now;
+    let mut forwarded = 0;
+    for i in 0..60u64 {
+        r.run_until(t0, i * 1000 / 3);
+        let (went, statuses) = r.invite(&format!("cpm-{i}"));
+        if went {
+            forwarded += 1;
+        } else {
+            assert_eq!(statuses, vec![503], "call {i} refused at once, not queued");
+        }
+        assert_eq!(went, i < 30, "call {i}");
+    }
+    assert_eq!(forwarded, 30);
+    r.run_until(t0, 59_999);
+    // Its slot opens within queue_ms now: it waits, and goes the instant call 0 is 60 s old.
+    assert_eq!(r.invite("early"), (false, vec![100]));
+    assert_eq!(r.forwarded_at(t0, 60_010), vec![Duration::from_secs(60)]);
+    assert_eq!(r.invite("next"), (false, vec![100]), "one slot opened, not a new minute");
+    assert_eq!(r.forwarded_at(t0, 60_500), vec![Duration::from_millis(60_333)], "call 1 (t = 333 ms) left");
+}
+
+/// A paced carrier at cps 10: a burst of 30 waits and leaves exactly 100 ms apart (the
+/// first at once), never two in one gap; the unpaced window would send 10 per edge.
+#[test]
+fn a_paced_carrier_releases_a_burst_one_gap_at_a_time() {
+    let mut r =
+        Rig::with_carrier("cps = 10\npacing = true", "[overflow]\nqueue_ms = 4000\nqueue_depth = 100\n");
+    let t0 = r.now;
+    let mut at = Vec::new();
+    for i in 0..30u64 {
+        r.now = t0 + Duration::from_micros(50 * i);
+        if r.invite(&format!("pace-{i}")).0 {
+            at.push(r.now.duration_since(t0));
+        }
+    }
+    assert_eq!(at.len(), 1, "one call at once, the rest wait");
+    at.extend(r.forwarded_at(t0, 4_000));
+    assert_eq!(at.len(), 30, "every call of the burst went within its wait");
+    for (k, t) in at.iter().enumerate().skip(1) {
+        assert_eq!(*t, Duration::from_millis(100 * k as u64), "call {k} leaves on its pacing slot");
+    }
 }

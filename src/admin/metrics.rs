@@ -7,7 +7,7 @@ use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, 
 use tokio::time::Instant;
 
 use super::Admin;
-use crate::limit::{Refusal, Scope};
+use crate::limit::Scope;
 use crate::stats::Stats;
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Option<IntCounterVec> {
@@ -54,11 +54,18 @@ fn build(admin: &Admin) -> Option<String> {
     )?;
     for entry in stats.limit_hits.iter() {
         let (scope, name, kind) = entry.key();
-        let kind = match kind {
-            Refusal::Cps => "cps",
-            Refusal::Channels => "channels",
-        };
+        let kind = kind.as_str();
         hits.with_label_values(&[scope.as_str(), name, kind]).inc_by(*entry.value());
+    }
+    let shadow = counter(
+        &registry,
+        "sluice_shadow_hits_total",
+        "Calls admitted that a shadow limit would have refused (scope ip/user: name \"*\").",
+        &["scope", "name", "kind"],
+    )?;
+    for entry in stats.shadow_hits.iter() {
+        let (scope, name, kind) = entry.key();
+        shadow.with_label_values(&[scope.as_str(), name, kind.as_str()]).inc_by(*entry.value());
     }
 
     let active = gauge(&registry, "sluice_active_calls", "Channels in use.", &["scope", "name"])?;

@@ -10,12 +10,12 @@ use crate::config::Pair;
 use crate::limit::{KeyName, LimitKey, Refusal, Scope};
 
 fn limits(p: &Pair) -> Value {
-    json!({ "cps": p.cps, "channels": p.channels })
+    json!({ "cps": p.cps, "cpm": p.cpm, "channels": p.channels })
 }
 
-/// Calls refused by one key (CPS and channels together), for `sluice top`'s rejections/s.
+/// Calls refused by one key (CPS, CPM and channels together), for `sluice top`'s rejections/s.
 fn rejected(admin: &Admin, scope: Scope, name: &str) -> u64 {
-    [Refusal::Cps, Refusal::Channels]
+    [Refusal::Cps, Refusal::Cpm, Refusal::Channels]
         .iter()
         .filter_map(|k| admin.shared.stats.limit_hits.get(&(scope, name.to_string(), *k)).map(|v| *v))
         .sum()
@@ -33,7 +33,9 @@ pub fn status(admin: &Admin) -> Value {
         .iter()
         .map(|c| {
             let (channels, cps) = usage(text(Scope::Customer, &c.name));
-            json!({ "name": c.name, "cps": cps, "channels": channels, "limits": limits(&c.limits),
+            let parent = c.parent.and_then(|p| config.customers.get(p)).map(|p| p.name.as_str());
+            json!({ "name": c.name, "parent": parent, "mode": c.mode.as_str(), "cps": cps,
+                    "channels": channels, "limits": limits(&c.limits),
                     "rejected": rejected(admin, Scope::Customer, &c.name) })
         })
         .collect();

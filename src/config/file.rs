@@ -84,9 +84,15 @@ pub(crate) struct Carrier {
     pub(crate) name: String,
     pub(crate) gateways: Vec<String>,
     pub(crate) cps: Option<u32>,
+    pub(crate) cpm: Option<u32>,
     pub(crate) channels: Option<u32>,
     pub(crate) gateway_cps: Option<u32>,
+    pub(crate) gateway_cpm: Option<u32>,
     pub(crate) gateway_channels: Option<u32>,
+    #[serde(default)]
+    pub(crate) pacing: bool,
+    #[serde(default)]
+    pub(crate) mode: Mode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,21 +101,52 @@ pub(crate) struct Route {
     pub(crate) prefix: String,
     pub(crate) carriers: Vec<String>,
     pub(crate) cps: Option<u32>,
+    pub(crate) cpm: Option<u32>,
     pub(crate) channels: Option<u32>,
+    #[serde(default)]
+    pub(crate) mode: Mode,
 }
 
+/// The limits of one table (or of `per_ip` / `per_user`).
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Pair {
     pub cps: Option<u32>,
+    pub cpm: Option<u32>,
     pub channels: Option<u32>,
+    /// Set by validation from the mode of the table the limits come from (never written
+    /// inside the limits themselves).
+    #[serde(skip)]
+    pub shadow: bool,
+}
+
+/// Whether a table's limits refuse calls (`enforce`) or only report the calls they would
+/// have refused (`shadow`: a dry run on live traffic).
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Limits {
     pub(crate) cps: Option<u32>,
+    pub(crate) cpm: Option<u32>,
     pub(crate) channels: Option<u32>,
+    #[serde(default)]
+    pub(crate) mode: Mode,
     pub(crate) per_ip: Option<Pair>,
     pub(crate) per_user: Option<Pair>,
     #[serde(default = "default_max_call_seconds")]
@@ -120,7 +157,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             cps: None,
+            cpm: None,
             channels: None,
+            mode: Mode::Enforce,
             per_ip: None,
             per_user: None,
             max_call_seconds: default_max_call_seconds(),
@@ -132,11 +171,15 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Customer {
     pub(crate) name: String,
+    pub(crate) parent: Option<String>,
+    #[serde(default)]
+    pub(crate) mode: Mode,
     #[serde(default)]
     pub(crate) ips: Vec<IpNet>,
     #[serde(default)]
     pub(crate) users: Vec<String>,
     pub(crate) cps: Option<u32>,
+    pub(crate) cpm: Option<u32>,
     pub(crate) channels: Option<u32>,
     pub(crate) per_ip: Option<Pair>,
     pub(crate) per_user: Option<Pair>,
@@ -151,7 +194,10 @@ pub(crate) struct Customer {
 pub(crate) struct Did {
     pub(crate) number: String,
     pub(crate) cps: Option<u32>,
+    pub(crate) cpm: Option<u32>,
     pub(crate) channels: Option<u32>,
+    #[serde(default)]
+    pub(crate) mode: Mode,
 }
 
 #[derive(Debug, Deserialize)]

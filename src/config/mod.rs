@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{AuthRequire, LogFormat, OnFailure, Pair};
+pub use file::{AuthRequire, LogFormat, Mode, OnFailure, Pair};
 use ipnet::IpNet;
 use locate::Seg;
 
@@ -79,6 +79,9 @@ pub struct Carrier {
     pub gateways: Vec<Gateway>,
     pub limits: Pair,
     pub gateway_limits: Pair,
+    /// Calls leave evenly spaced: one per `1/cps` s (carrier) and `1/gateway_cps` s (gateway).
+    pub pacing: bool,
+    pub mode: Mode,
 }
 
 /// Index into [`Config::carriers`].
@@ -127,6 +130,12 @@ impl RouteTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Customer {
     pub name: String,
+    /// The account this one is a sub-account of: its calls also count against the parent's
+    /// limits (and so on up).
+    pub parent: Option<usize>,
+    /// Every ancestor, nearest first (validated: known names, no cycles).
+    pub ancestors: Vec<usize>,
+    pub mode: Mode,
     pub ips: Vec<IpNet>,
     pub users: Vec<String>,
     pub limits: Pair,
@@ -146,6 +155,7 @@ pub struct Did {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
     pub limits: Pair,
+    pub mode: Mode,
     pub per_ip: Pair,
     pub per_user: Pair,
     pub max_call: Duration,
@@ -219,6 +229,11 @@ pub mod bounds {
     pub const RPS: u32 = 10_000_000;
     /// A CPS limit keeps one timestamp per admission in the last second (8 bytes each).
     pub const CPS: u32 = 1_000_000;
+    /// A CPM limit keeps one per admission in the last minute (4 bytes each: 40 MB per key
+    /// at this bound, reached only at that admission rate).
+    pub const CPM: u32 = 10_000_000;
+    /// Sub-accounts nest at most this deep (each level is one more key per admission).
+    pub const CUSTOMER_DEPTH: usize = 16;
     pub const CHANNELS: u32 = 100_000_000;
     pub const TCP_PER_IP: u32 = 10_000;
     /// More SIP workers than this buys nothing (each is a thread and a socket per listener).
@@ -340,6 +355,21 @@ impl Config {
         }
     }
 
+    /// Whose ingress routes a customer's calls follow: its own, else its nearest ancestor's
+    /// that has some; `None` means the global `[[route]]` table.
+    pub fn route_owner(&self, customer: usize) -> Option<usize> {
+        let c = self.customers.get(customer)?;
+        std::iter::once(customer)
+            .chain(c.ancestors.iter().copied())
+            .find(|&id| self.customers.get(id).is_some_and(|c| c.routes.is_some()))
+    }
+
+    /// A customer and its ancestors, the customer first.
+    pub fn customer_chain(&self, customer: usize) -> impl Iterator<Item = &Customer> {
+        let ancestors = self.customers.get(customer).map(|c| c.ancestors.as_slice()).unwrap_or_default();
+        std::iter::once(customer).chain(ancestors.iter().copied()).filter_map(|id| self.customers.get(id))
+    }
+
     pub fn carrier_by_name(&self, name: &str) -> Option<CarrierId> {
         self.carriers.iter().position(|c| c.name == name)
     }
@@ -401,7 +431,11 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             format!("must be between 1 and {} (7 days)", bounds::MAX_CALL_SECONDS),
         );
     }
-    check_pair(e, &[Key("limits")], Pair { cps: raw.limits.cps, channels: raw.limits.channels });
+    let server_shadow = raw.limits.mode == Mode::Shadow;
+    let server_limits = pair(raw.limits.cps, raw.limits.cpm, raw.limits.channels, raw.limits.mode);
+    check_pair(e, &[Key("limits")], server_limits);
+    let global_per_ip = raw.limits.per_ip.map(|p| Pair { shadow: server_shadow, ..p });
+    let global_per_user = raw.limits.per_user.map(|p| Pair { shadow: server_shadow, ..p });
     for (name, pair) in [("per_ip", raw.limits.per_ip), ("per_user", raw.limits.per_user)] {
         if let Some(p) = pair {
             check_pair(e, &[Key("limits"), Key(name)], p);
@@ -450,17 +484,23 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
                 Err(msg) => e.push(&path, msg),
             }
         }
-        check_pair(e, &[Key("carrier"), Index(ci)], Pair { cps: c.cps, channels: c.channels });
-        check_pair(
-            e,
-            &[Key("carrier"), Index(ci)],
-            Pair { cps: c.gateway_cps, channels: c.gateway_channels },
-        );
+        let limits = pair(c.cps, c.cpm, c.channels, c.mode);
+        let gateway_limits = pair(c.gateway_cps, c.gateway_cpm, c.gateway_channels, c.mode);
+        check_pair(e, &[Key("carrier"), Index(ci)], limits);
+        check_pair(e, &[Key("carrier"), Index(ci)], gateway_limits);
+        if c.pacing && c.cps.is_none() && c.gateway_cps.is_none() {
+            e.push(
+                &[Key("carrier"), Index(ci), Key("pacing")],
+                "pacing needs `cps` or `gateway_cps` (the rate to space calls at)",
+            );
+        }
         carriers.push(Carrier {
             name: c.name.clone(),
             gateways,
-            limits: Pair { cps: c.cps, channels: c.channels },
-            gateway_limits: Pair { cps: c.gateway_cps, channels: c.gateway_channels },
+            limits,
+            gateway_limits,
+            pacing: c.pacing,
+            mode: c.mode,
         });
     }
 
@@ -496,7 +536,8 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
                 );
             }
         }
-        check_pair(e, &[Key("customer"), Index(ci)], Pair { cps: c.cps, channels: c.channels });
+        let limits = pair(c.cps, c.cpm, c.channels, c.mode);
+        check_pair(e, &[Key("customer"), Index(ci)], limits);
         for (name, pair) in [("per_ip", c.per_ip), ("per_user", c.per_user)] {
             if let Some(p) = pair {
                 check_pair(e, &[Key("customer"), Index(ci), Key(name)], p);
@@ -504,17 +545,22 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         }
         let own = [Key("customer"), Index(ci), Key("route")];
         let routes = (!c.route.is_empty()).then(|| route_table(&c.route, &carriers, &own, e));
+        let shadow = c.mode == Mode::Shadow;
         customers.push(Customer {
             name: c.name.clone(),
+            parent: None,
+            ancestors: Vec::new(),
+            mode: c.mode,
             ips: c.ips.iter().map(IpNet::trunc).collect(),
             users: c.users.clone(),
-            limits: Pair { cps: c.cps, channels: c.channels },
-            per_ip: c.per_ip.or(raw.limits.per_ip).unwrap_or_default(),
-            per_user: c.per_user.or(raw.limits.per_user).unwrap_or_default(),
+            limits,
+            per_ip: c.per_ip.map(|p| Pair { shadow, ..p }).or(global_per_ip).unwrap_or_default(),
+            per_user: c.per_user.map(|p| Pair { shadow, ..p }).or(global_per_user).unwrap_or_default(),
             priority: c.priority,
             routes,
         });
     }
+    link_parents(&raw.customer, &mut customers, global_per_ip, global_per_user, e);
 
     let mut dids = Vec::new();
     let mut numbers = HashSet::new();
@@ -529,8 +575,9 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         if !numbers.insert(number.clone()) {
             e.push(&[Key("did"), Index(di), Key("number")], format!("`{}` is listed twice", d.number));
         }
-        check_pair(e, &[Key("did"), Index(di)], Pair { cps: d.cps, channels: d.channels });
-        dids.push(Did { number, limits: Pair { cps: d.cps, channels: d.channels } });
+        let limits = pair(d.cps, d.cpm, d.channels, d.mode);
+        check_pair(e, &[Key("did"), Index(di)], limits);
+        dids.push(Did { number, limits });
     }
 
     let o = &raw.overflow;
@@ -644,9 +691,10 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         carriers,
         routes,
         limits: ServerLimits {
-            limits: Pair { cps: raw.limits.cps, channels: raw.limits.channels },
-            per_ip: raw.limits.per_ip.unwrap_or_default(),
-            per_user: raw.limits.per_user.unwrap_or_default(),
+            limits: server_limits,
+            mode: raw.limits.mode,
+            per_ip: global_per_ip.unwrap_or_default(),
+            per_user: global_per_user.unwrap_or_default(),
             max_call: Duration::from_secs(raw.limits.max_call_seconds),
         },
         customers,
@@ -706,8 +754,78 @@ fn check_pair(e: &mut Errors<'_>, base: &[Seg], pair: Pair) {
     if let Some(cps) = pair.cps {
         at_most(e, &at("cps"), u64::from(cps), u64::from(bounds::CPS));
     }
+    if let Some(cpm) = pair.cpm {
+        at_most(e, &at("cpm"), u64::from(cpm), u64::from(bounds::CPM));
+    }
     if let Some(channels) = pair.channels {
         at_most(e, &at("channels"), u64::from(channels), u64::from(bounds::CHANNELS));
+    }
+}
+
+/// A table's limits as the planner applies them.
+fn pair(cps: Option<u32>, cpm: Option<u32>, channels: Option<u32>, mode: Mode) -> Pair {
+    Pair { cps, cpm, channels, shadow: mode == Mode::Shadow }
+}
+
+/// Resolves `parent` names into each customer's ancestor chain. An unknown parent, a cycle
+/// or a chain deeper than [`bounds::CUSTOMER_DEPTH`] is an error at that customer's
+/// `parent` line. A sub-account that sets no `per_ip` / `per_user` of its own takes its
+/// nearest ancestor's before the `[limits]` default.
+fn link_parents(
+    raw: &[file::Customer],
+    customers: &mut [Customer],
+    global_per_ip: Option<Pair>,
+    global_per_user: Option<Pair>,
+    e: &mut Errors<'_>,
+) {
+    let index: HashMap<&str, usize> = raw.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    for (ci, c) in raw.iter().enumerate() {
+        let Some(parent) = &c.parent else { continue };
+        let at = [Key("customer"), Index(ci), Key("parent")];
+        match index.get(parent.as_str()) {
+            Some(&p) if p == ci => e.push(&at, "a customer cannot be its own parent"),
+            Some(&p) => customers[ci].parent = Some(p),
+            None => e.push(&at, format!("no [[customer]] named `{parent}`")),
+        }
+    }
+    for ci in 0..customers.len() {
+        let mut chain = Vec::new();
+        let mut next = customers[ci].parent;
+        while let Some(p) = next {
+            if p == ci || chain.contains(&p) {
+                let at = [Key("customer"), Index(ci), Key("parent")];
+                e.push(&at, format!("parent chain of `{}` loops back on itself", customers[ci].name));
+                chain.clear();
+                break;
+            }
+            if chain.len() == bounds::CUSTOMER_DEPTH {
+                let at = [Key("customer"), Index(ci), Key("parent")];
+                e.push(&at, format!("sub-accounts nest at most {} deep", bounds::CUSTOMER_DEPTH));
+                chain.clear();
+                break;
+            }
+            chain.push(p);
+            next = customers[p].parent;
+        }
+        let inherited =
+            |own: Option<Pair>, get: fn(&file::Customer) -> Option<Pair>, global: Option<Pair>| {
+                own.or_else(|| {
+                    chain.iter().find_map(|&a| {
+                        get(&raw[a]).map(|p| Pair { shadow: customers[a].mode == Mode::Shadow, ..p })
+                    })
+                })
+                .or(global)
+                .unwrap_or_default()
+            };
+        let shadow = customers[ci].mode == Mode::Shadow;
+        let own_ip = raw[ci].per_ip.map(|p| Pair { shadow, ..p });
+        let own_user = raw[ci].per_user.map(|p| Pair { shadow, ..p });
+        let per_ip = inherited(own_ip, |c| c.per_ip, global_per_ip);
+        let per_user = inherited(own_user, |c| c.per_user, global_per_user);
+        let c = &mut customers[ci];
+        c.per_ip = per_ip;
+        c.per_user = per_user;
+        c.ancestors = chain;
     }
 }
 
@@ -788,7 +906,11 @@ fn route_table(raw: &[file::Route], carriers: &[Carrier], base: &[Seg], e: &mut 
                 }
             }
         }
-        routes.push(Route { prefix, carriers: ids, limits: Pair { cps: r.cps, channels: r.channels } });
+        let limits = pair(r.cps, r.cpm, r.channels, r.mode);
+        let mut table = base.to_vec();
+        table.push(Index(ri));
+        check_pair(e, &table, limits);
+        routes.push(Route { prefix, carriers: ids, limits });
     }
     RouteTable::new(routes)
 }
@@ -849,11 +971,19 @@ mod tests {
         assert_eq!(c.auth.as_ref().map(|a| a.credentials.len()), Some(1));
         assert_eq!(c.flood.as_ref().map(|f| f.rps), Some(0));
         assert_eq!(c.admin_token, None);
-        assert_eq!(c.customers[0].per_ip.cps, Some(10));
-        assert_eq!(c.customers[0].per_ip.channels, None);
-        assert_eq!(c.limits.per_ip, Pair { cps: Some(20), channels: Some(200) });
+        assert_eq!(c.customers[1].per_ip.cps, Some(10));
+        assert_eq!(c.customers[1].per_ip.channels, None);
+        assert_eq!(c.limits.per_ip, Pair { cps: Some(20), channels: Some(200), ..Pair::default() });
         assert_eq!(c.cluster.as_ref().map(|c| c.nodes), Some(2));
-        assert_eq!(c.customers[0].routes.as_ref().map(|r| r.routes[0].limits.cps), Some(Some(5)));
+        let (reseller, acme) = (&c.customers[0], &c.customers[1]);
+        assert_eq!(
+            (reseller.name.as_str(), acme.parent, acme.ancestors.as_slice()),
+            ("reseller", Some(0), &[0][..])
+        );
+        assert_eq!((acme.limits.cpm, acme.mode), (Some(1200), Mode::Enforce));
+        assert_eq!(acme.per_ip.cps, Some(10));
+        assert_eq!(acme.routes.as_ref().map(|r| r.routes[0].limits.cps), Some(Some(5)));
+        assert!(!c.carriers[0].pacing);
     }
 
     #[test]
@@ -926,5 +1056,46 @@ mod tests {
         let ok = text.replace("[server]\n", "[server]\nadvertise = \"sip.example.net:5060\"\n");
         let c = Config::parse("t.toml", &ok).unwrap();
         assert_eq!(c.sent_by(Transport::Udp), "sip.example.net:5060");
+    }
+
+    #[test]
+    fn parents_must_exist_and_never_loop() {
+        let base = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n";
+        let chain = format!(
+            "{base}[[customer]]\nname = \"x\"\nparent = \"y\"\n[[customer]]\nname = \"y\"\nparent = \"z\"\nper_ip = {{ cps = 3 }}\n[[customer]]\nname = \"z\"\nmode = \"shadow\"\n"
+        );
+        let c = Config::parse("t.toml", &chain).unwrap();
+        assert_eq!(c.customers[0].ancestors, vec![1, 2], "nearest first");
+        assert_eq!(c.customers[0].per_ip.cps, Some(3), "a sub-account without per_ip takes its parent's");
+        assert!(c.customers[2].limits.shadow && !c.customers[0].limits.shadow);
+
+        let looped = chain.replace("name = \"z\"\n", "name = \"z\"\nparent = \"x\"\n");
+        let errs = Config::parse("t.toml", &looped).unwrap_err().0;
+        assert!(errs.iter().all(|e| e.message.contains("loops back")), "{errs:?}");
+        assert_eq!(errs[0].key, "customer[0].parent");
+        assert_eq!(errs[0].line, Some(11));
+
+        let unknown = chain.replace("parent = \"z\"", "parent = \"nobody\"");
+        let errs = Config::parse("t.toml", &unknown).unwrap_err().0;
+        assert_eq!((errs[0].key.as_str(), errs[0].line), ("customer[1].parent", Some(14)));
+        assert!(errs[0].message.contains("no [[customer]] named `nobody`"));
+
+        let own = chain.replace("parent = \"y\"", "parent = \"x\"");
+        assert!(Config::parse("t.toml", &own).unwrap_err().0[0].message.contains("its own parent"));
+    }
+
+    #[test]
+    fn pacing_needs_a_rate_and_modes_are_checked() {
+        let base = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\npacing = true\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n";
+        let errs = Config::parse("t.toml", base).unwrap_err().0;
+        assert_eq!((errs[0].key.as_str(), errs[0].line), ("carrier[0].pacing", Some(6)));
+        let paced = base.replace("pacing = true", "pacing = true\ncps = 10\ncpm = 300\nmode = \"shadow\"");
+        let c = Config::parse("t.toml", &paced).unwrap();
+        assert!(c.carriers[0].pacing && c.carriers[0].limits.shadow && c.carriers[0].gateway_limits.shadow);
+        assert_eq!(c.carriers[0].limits.cpm, Some(300));
+        let bad = paced.replace("\"shadow\"", "\"dry-run\"");
+        assert!(Config::parse("t.toml", &bad).is_err());
+        let huge = paced.replace("cpm = 300", "cpm = 4000000000");
+        assert_eq!(Config::parse("t.toml", &huge).unwrap_err().0[0].key, "carrier[0].cpm");
     }
 }

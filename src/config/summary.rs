@@ -6,7 +6,9 @@ use super::{Config, Pair};
 
 fn limits(p: &Pair) -> String {
     let show = |v: Option<u32>| v.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
-    format!("cps {}, channels {}", show(p.cps), show(p.channels))
+    let cpm = p.cpm.map(|n| format!(", cpm {n}")).unwrap_or_default();
+    let shadow = if p.shadow { ", shadow" } else { "" };
+    format!("cps {}{cpm}, channels {}{shadow}", show(p.cps), show(p.channels))
 }
 
 pub fn render(c: &Config) -> String {
@@ -25,11 +27,12 @@ pub fn render(c: &Config) -> String {
         let gws: Vec<&str> = carrier.gateways.iter().map(|g| g.uri.as_str()).collect();
         let _ = writeln!(
             s,
-            "  {} [{}] ({}; per gateway {})",
+            "  {} [{}] ({}; per gateway {}{})",
             carrier.name,
             gws.join(", "),
             limits(&carrier.limits),
-            limits(&carrier.gateway_limits)
+            limits(&carrier.gateway_limits),
+            if carrier.pacing { "; paced" } else { "" }
         );
     }
     let _ = writeln!(s, "routes:");
@@ -50,8 +53,12 @@ pub fn render(c: &Config) -> String {
         let ips: Vec<String> = cu.ips.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             s,
-            "customer {}: ips [{}] users [{}] ({}; per ip {}; per user {}; priority {})",
+            "customer {}{}: ips [{}] users [{}] ({}; per ip {}; per user {}; priority {})",
             cu.name,
+            cu.parent
+                .and_then(|p| c.customers.get(p))
+                .map(|p| format!(" (in {})", p.name))
+                .unwrap_or_default(),
             ips.join(", "),
             cu.users.join(", "),
             limits(&cu.limits),

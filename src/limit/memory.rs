@@ -44,9 +44,9 @@ impl MemoryStore {
         })
     }
 
-    /// When a call refused by `key`'s CPS limit would fit again, if it is a CPS refusal.
-    pub fn opens_at(&self, now: Instant, key: &LimitKey, cps: Option<u32>) -> Option<Instant> {
-        let at = self.keys.get(key)?.lock().cps_opens_at(self.nanos(now), cps)?;
+    /// When a call refused by `demand`'s rate limits would fit again, if they can open.
+    pub fn rate_opens_at(&self, now: Instant, demand: &Demand) -> Option<Instant> {
+        let at = self.keys.get(&demand.key)?.lock().opens_at(self.nanos(now), &demand.caps())?;
         Some(self.epoch + std::time::Duration::from_nanos(at))
     }
 
@@ -109,12 +109,16 @@ impl Store for MemoryStore {
         let counters: Vec<Arc<Mutex<Counter>>> =
             order.iter().map(|i| self.counter(&demands[*i].key)).collect();
         let mut guards: Vec<_> = counters.iter().map(|c| c.lock()).collect();
-        // Report the refusal in the order the caller listed demands (server first).
+        // Report the refusal in the order the caller listed demands (server first). A shadow
+        // limit never refuses: the call is admitted and the limit named in the reservation.
         let mut refusal: Option<(usize, super::Refusal)> = None;
+        let mut would_reject = Vec::new();
         for (slot, &i) in order.iter().enumerate() {
             let d = &demands[i];
-            if let Err(kind) = guards[slot].check(at, d.cps, d.channels, count_cps) {
-                if refusal.is_none_or(|(j, _)| i < j) {
+            if let Err(kind) = guards[slot].check(at, &d.caps(), count_cps) {
+                if d.shadow {
+                    would_reject.push((i, Rejection { key: d.key.clone(), kind }));
+                } else if refusal.is_none_or(|(j, _)| i < j) {
                     refusal = Some((i, kind));
                 }
             }
@@ -123,14 +127,19 @@ impl Store for MemoryStore {
             return Err(Rejection { key: demands[i].key.clone(), kind });
         }
         for (slot, &i) in order.iter().enumerate() {
-            guards[slot].commit(at, demands[i].cps, count_cps);
+            guards[slot].commit(at, &demands[i].caps(), count_cps);
         }
         drop(guards);
-        Ok(Reservation::new(order.iter().map(|i| demands[*i].key.clone()).collect(), None))
+        let mut reservation = Reservation::new(order.iter().map(|i| demands[*i].key.clone()).collect(), None);
+        if !would_reject.is_empty() {
+            would_reject.sort_by_key(|(i, _)| *i);
+            reservation.set_would_reject(would_reject.into_iter().map(|(_, r)| r).collect());
+        }
+        Ok(reservation)
     }
 
-    fn cps_opens_at(&self, now: Instant, demand: &Demand) -> Option<Instant> {
-        self.opens_at(now, &demand.key, demand.cps)
+    fn opens_at(&self, now: Instant, demand: &Demand) -> Option<Instant> {
+        self.rate_opens_at(now, demand)
     }
 
     fn release(&self, now: Instant, reservation: Reservation) {
@@ -152,7 +161,7 @@ mod tests {
     use super::*;
 
     fn demand(key: LimitKey, cps: Option<u32>, channels: Option<u32>) -> Demand {
-        Demand { key, cps, channels }
+        Demand { key, cps, channels, ..Demand::default() }
     }
 
     #[test]

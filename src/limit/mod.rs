@@ -7,6 +7,7 @@
 
 pub mod customers;
 pub mod memory;
+pub mod minute;
 pub mod plan;
 pub mod primary;
 pub mod queue;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-pub use window::Refusal;
+pub use window::{Caps, Refusal};
 
 /// Where a limit comes from (the contract's scopes). The declaration order is the order in
 /// which a call's demands are listed and locked (see [`memory::MemoryStore`]).
@@ -108,11 +109,41 @@ impl KeyName {
 
 /// One limit a call must fit under. A demand with no limits is still counted (channels and
 /// admissions per second), for /status and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Demand {
     pub key: LimitKey,
     pub cps: Option<u32>,
+    /// Calls per minute (sliding 60 s), with `cps` (both apply).
+    pub cpm: Option<u32>,
     pub channels: Option<u32>,
+    /// Carrier pacing: at most one admission per `1/cps` s.
+    pub paced: bool,
+    /// A limit in shadow mode: checked and counted, but a call over it is admitted (and the
+    /// reservation names it in [`Reservation::would_reject`]).
+    pub shadow: bool,
+}
+
+impl Demand {
+    /// A key counted with no limit of its own.
+    pub fn counted(key: LimitKey) -> Self {
+        Self { key, ..Self::default() }
+    }
+
+    /// The limits as the key's counter applies them.
+    pub fn caps(&self) -> Caps {
+        Caps { cps: self.cps, cpm: self.cpm, channels: self.channels, paced: self.paced }
+    }
+
+    /// The same key with nothing enforced (a shared store's local mirror).
+    pub fn unlimited(&self) -> Self {
+        Self::counted(self.key.clone())
+    }
+}
+
+impl Default for LimitKey {
+    fn default() -> Self {
+        Self::server()
+    }
 }
 
 /// Channels held by an admitted call. Move-only: the one way to give it back is
@@ -126,12 +157,23 @@ pub struct Reservation {
     keys: Vec<LimitKey>,
     /// The shared store's handle for the reservation (cluster mode), released idempotently.
     token: Option<String>,
+    /// Shadow limits this call went over (it was admitted; they are logged and counted).
+    would_reject: Vec<Rejection>,
 }
 
 impl Reservation {
     /// Made only by stores, for what they have just counted.
     pub(crate) fn new(keys: Vec<LimitKey>, token: Option<String>) -> Self {
-        Self { keys, token }
+        Self { keys, token, would_reject: Vec::new() }
+    }
+
+    /// The shadow limits the call went over when it was admitted.
+    pub fn would_reject(&self) -> &[Rejection] {
+        &self.would_reject
+    }
+
+    pub(crate) fn set_would_reject(&mut self, hits: Vec<Rejection>) {
+        self.would_reject = hits;
     }
 
     pub fn keys(&self) -> &[LimitKey] {
@@ -156,7 +198,7 @@ impl Reservation {
     pub(crate) fn split_egress(&mut self) -> Self {
         let (egress, keep): (Vec<_>, Vec<_>) = self.keys.drain(..).partition(|k| k.scope.is_egress());
         self.keys = keep;
-        Self { keys: egress, token: None }
+        Self::new(egress, None)
     }
 
     /// Takes over the keys of another reservation of the same call (the failover's new
@@ -207,9 +249,10 @@ pub trait Store: Send + Sync {
         false
     }
 
-    /// When a call this store refused under `demand`'s CPS limit would fit again, if it can
-    /// say (a shared store cannot without a round trip: `None`, and the caller polls).
-    fn cps_opens_at(&self, now: Instant, demand: &Demand) -> Option<Instant> {
+    /// When a call this store refused under `demand`'s rate limits (CPS, CPM, pacing) would
+    /// fit again, if it can say (a shared store cannot without a round trip: `None`, and the
+    /// caller polls).
+    fn opens_at(&self, now: Instant, demand: &Demand) -> Option<Instant> {
         let _ = (now, demand);
         None
     }

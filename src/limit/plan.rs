@@ -42,12 +42,37 @@ pub struct RouteRef {
 struct Limited {
     key: LimitKey,
     limits: Pair,
+    paced: bool,
 }
 
 impl Limited {
-    fn demand(&self) -> Demand {
-        Demand { key: self.key.clone(), cps: self.limits.cps, channels: self.limits.channels }
+    fn new(key: LimitKey, limits: Pair) -> Self {
+        Self { key, limits, paced: false }
     }
+
+    fn demand(&self) -> Demand {
+        demand(self.key.clone(), self.limits, self.paced)
+    }
+}
+
+fn demand(key: LimitKey, p: Pair, paced: bool) -> Demand {
+    Demand {
+        key,
+        cps: p.cps,
+        cpm: p.cpm,
+        channels: p.channels,
+        paced: paced && p.cps.is_some(),
+        shadow: p.shadow,
+    }
+}
+
+/// A customer's own limits, its source/user defaults, and its ancestors (nearest first).
+#[derive(Debug, Clone)]
+struct CustomerPlan {
+    limited: Limited,
+    per_ip: Pair,
+    per_user: Pair,
+    ancestors: Vec<CustomerId>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,7 +80,7 @@ pub struct Planner {
     server: Limited,
     per_ip: Pair,
     per_user: Pair,
-    customers: Vec<(Limited, Pair, Pair)>,
+    customers: Vec<CustomerPlan>,
     global_routes: Vec<Limited>,
     customer_routes: Vec<Vec<Limited>>,
     carriers: Vec<Limited>,
@@ -76,28 +101,24 @@ impl Planner {
             None => name(prefix),
         };
         Self {
-            server: Limited { key: LimitKey::server(), limits: config.limits.limits },
+            server: Limited::new(LimitKey::server(), config.limits.limits),
             per_ip: config.limits.per_ip,
             per_user: config.limits.per_user,
             customers: config
                 .customers
                 .iter()
-                .map(|c| {
-                    (
-                        Limited { key: LimitKey::text(Scope::Customer, &name(&c.name)), limits: c.limits },
-                        c.per_ip,
-                        c.per_user,
-                    )
+                .map(|c| CustomerPlan {
+                    limited: Limited::new(LimitKey::text(Scope::Customer, &name(&c.name)), c.limits),
+                    per_ip: c.per_ip,
+                    per_user: c.per_user,
+                    ancestors: c.ancestors.clone(),
                 })
                 .collect(),
             global_routes: config
                 .routes
                 .routes
                 .iter()
-                .map(|r| Limited {
-                    key: LimitKey::text(Scope::Route, &route_key(None, &r.prefix)),
-                    limits: r.limits,
-                })
+                .map(|r| Limited::new(LimitKey::text(Scope::Route, &route_key(None, &r.prefix)), r.limits))
                 .collect(),
             customer_routes: config
                 .customers
@@ -106,9 +127,9 @@ impl Planner {
                     c.routes.as_ref().map_or_else(Vec::new, |t| {
                         t.routes
                             .iter()
-                            .map(|r| Limited {
-                                key: LimitKey::text(Scope::Route, &route_key(Some(&c.name), &r.prefix)),
-                                limits: r.limits,
+                            .map(|r| {
+                                let key = LimitKey::text(Scope::Route, &route_key(Some(&c.name), &r.prefix));
+                                Limited::new(key, r.limits)
                             })
                             .collect()
                     })
@@ -117,7 +138,11 @@ impl Planner {
             carriers: config
                 .carriers
                 .iter()
-                .map(|c| Limited { key: LimitKey::text(Scope::Carrier, &name(&c.name)), limits: c.limits })
+                .map(|c| Limited {
+                    key: LimitKey::text(Scope::Carrier, &name(&c.name)),
+                    limits: c.limits,
+                    paced: c.pacing,
+                })
                 .collect(),
             gateways: config
                 .carriers
@@ -129,6 +154,7 @@ impl Planner {
                             let limited = Limited {
                                 key: LimitKey::text(Scope::Gateway, &name(&g.uri)),
                                 limits: c.gateway_limits,
+                                paced: c.pacing,
                             };
                             (limited, Peer { transport: g.transport, addr: g.addr, conn: None })
                         })
@@ -139,10 +165,7 @@ impl Planner {
                 .dids
                 .iter()
                 .map(|d| {
-                    (
-                        d.number.clone(),
-                        Limited { key: LimitKey::text(Scope::Did, &name(&d.number)), limits: d.limits },
-                    )
+                    (d.number.clone(), Limited::new(LimitKey::text(Scope::Did, &name(&d.number)), d.limits))
                 })
                 .collect(),
             carrier_routes: config.routes.routes.iter().map(|r| r.carriers.clone()).collect(),
@@ -171,19 +194,20 @@ impl Planner {
         let mut common = Vec::with_capacity(6);
         common.push(self.server.demand());
         let (per_ip, per_user) = match customer.and_then(|c| self.customers.get(c)) {
-            Some((limited, per_ip, per_user)) => {
-                common.push(limited.demand());
-                (*per_ip, *per_user)
+            Some(c) => {
+                // A sub-account's call fits its own limits and every ancestor's.
+                common.push(c.limited.demand());
+                for a in c.ancestors.iter().filter_map(|&a| self.customers.get(a)) {
+                    common.push(a.limited.demand());
+                }
+                (c.per_ip, c.per_user)
             }
             None => (self.per_ip, self.per_user),
         };
-        common.push(Demand { key: LimitKey::ip(ip), cps: per_ip.cps, channels: per_ip.channels });
+        common.push(demand(LimitKey::ip(ip), per_ip, false));
         if let Some(user) = user.and_then(|u| std::str::from_utf8(u).ok()).filter(|u| !u.is_empty()) {
-            common.push(Demand {
-                key: LimitKey { scope: Scope::User, name: KeyName::Text(name(user)) },
-                cps: per_user.cps,
-                channels: per_user.channels,
-            });
+            let key = LimitKey { scope: Scope::User, name: KeyName::Text(name(user)) };
+            common.push(demand(key, per_user, false));
         }
         let (route_limited, carriers) = match route.customer {
             Some(c) => (

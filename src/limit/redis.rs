@@ -36,37 +36,70 @@ use crate::config::{Cluster, OnFailure};
 
 const PREFIX: &str = "sluice:";
 
+/// Checks every demand and reserves all or nothing. Per demand three keys (the one-second
+/// window, the channel count, the one-minute window) and six arguments: cps, channels,
+/// this node's unapplied releases of the key (credited), cpm, paced, shadow (-1 = no
+/// limit). A shadow demand over a limit does not refuse; it is reported after the verdict.
+/// Returns {0, 0, i, kind, ...} (admitted, then the shadow hits) or {i, kind} (refused by
+/// demand i: kind 1 = cps, 2 = channels, 3 = cpm), or {-1, 0} for an abandoned id.
 const ADMIT: &str = r#"
 if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = tonumber(ARGV[3])
 local count = ARGV[1] == '1'
+local hits = {}
 for i = 1, n do
-  local cps = tonumber(ARGV[3 + 3 * i - 2])
-  local ch = tonumber(ARGV[3 + 3 * i - 1])
-  local credit = tonumber(ARGV[3 + 3 * i])
+  local a = 3 + 6 * (i - 1)
+  local cps, ch, credit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local cpm = tonumber(ARGV[a + 4])
+  local w, m = KEYS[3 * i - 2], KEYS[3 * i]
+  local kind = 0
   if ch >= 0 then
-    local used = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-    if used - credit >= ch then return {i, 2} end
+    local used = tonumber(redis.call('GET', KEYS[3 * i - 1]) or '0')
+    if used - credit >= ch then kind = 2 end
   end
-  if count and cps >= 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2 * i - 1], '-inf', now - 1000000)
-    if redis.call('ZCARD', KEYS[2 * i - 1]) >= cps then return {i, 1} end
+  if kind == 0 and count and cps >= 0 then
+    redis.call('ZREMRANGEBYSCORE', w, '-inf', now - 1000000)
+    if redis.call('ZCARD', w) >= cps then
+      kind = 1
+    elseif ARGV[a + 5] == '1' and cps > 0 then
+      local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
+      if last[2] and now - tonumber(last[2]) < math.ceil(1000000 / cps) then kind = 1 end
+    end
+  end
+  if kind == 0 and count and cpm >= 0 then
+    redis.call('ZREMRANGEBYSCORE', m, '-inf', now - 60000000)
+    if redis.call('ZCARD', m) >= cpm then kind = 3 end
+  end
+  if kind ~= 0 then
+    if ARGV[a + 6] ~= '1' then return {i, kind} end
+    hits[#hits + 1] = i
+    hits[#hits + 1] = kind
   end
 end
 local record = {}
 for i = 1, n do
-  redis.call('INCR', KEYS[2 * i])
-  record[i] = KEYS[2 * i]
-  if count and tonumber(ARGV[3 + 3 * i - 2]) >= 0 then
-    redis.call('ZADD', KEYS[2 * i - 1], now, ARGV[2] .. ':' .. i)
-    redis.call('PEXPIRE', KEYS[2 * i - 1], 2000)
+  local a = 3 + 6 * (i - 1)
+  redis.call('INCR', KEYS[3 * i - 1])
+  record[i] = KEYS[3 * i - 1]
+  if count then
+    local shadow = ARGV[a + 6] == '1'
+    for _, win in ipairs({{KEYS[3 * i - 2], tonumber(ARGV[a + 1]), 2000}, {KEYS[3 * i], tonumber(ARGV[a + 4]), 61000}}) do
+      if win[2] >= 0 then
+        redis.call('ZADD', win[1], now, ARGV[2] .. ':' .. i)
+        -- Over a shadow limit the window keeps only the admissions that can matter.
+        if shadow then redis.call('ZREMRANGEBYRANK', win[1], 0, -(win[2] + 1)) end
+        redis.call('PEXPIRE', win[1], win[3])
+      end
+    end
   end
 end
-redis.call('SET', KEYS[2 * n + 1], table.concat(record, '\n'))
-redis.call('SADD', KEYS[2 * n + 2], ARGV[2])
-return {0, 0}
+redis.call('SET', KEYS[3 * n + 1], table.concat(record, '\n'))
+redis.call('SADD', KEYS[3 * n + 2], ARGV[2])
+local reply = {0, 0}
+for _, v in ipairs(hits) do reply[#reply + 1] = v end
+return reply
 "#;
 
 const RELEASE: &str = r#"
@@ -162,6 +195,9 @@ fn window_key(key: &LimitKey) -> String {
 }
 fn channels_key(key: &LimitKey) -> String {
     format!("{PREFIX}c:{key}")
+}
+fn minute_key(key: &LimitKey) -> String {
+    format!("{PREFIX}m:{key}")
 }
 fn reservation_key(id: &str) -> String {
     format!("{PREFIX}r:{id}")
@@ -583,29 +619,38 @@ impl RedisStore {
         }
     }
 
-    /// The shared admission; `None` when Redis did not answer.
-    fn admit_shared(&self, demands: &[Demand], count_cps: bool, id: &str) -> Option<Result<(), Rejection>> {
-        let mut guard = self.conn.lock();
-        let conn = guard.as_mut()?;
+    /// The admission script's call for `demands` under reservation `id`.
+    fn admit_invocation(&self, demands: &[Demand], count_cps: bool, id: &str) -> redis::ScriptInvocation<'_> {
         let mut call = self.admit.prepare_invoke();
         for d in demands {
-            call.key(window_key(&d.key)).key(channels_key(&d.key));
+            call.key(window_key(&d.key)).key(channels_key(&d.key)).key(minute_key(&d.key));
         }
         call.key(reservation_key(id)).key(node_calls_key(&self.settings.node)).key(abandoned_key(id));
         call.arg(if count_cps { "1" } else { "0" }).arg(id).arg(demands.len());
         for d in demands {
             call.arg(d.cps.map_or(-1, i64::from))
                 .arg(d.channels.map_or(-1, i64::from))
-                .arg(self.credit(&d.key));
+                .arg(self.credit(&d.key))
+                .arg(d.cpm.map_or(-1, i64::from))
+                .arg(u8::from(d.paced))
+                .arg(u8::from(d.shadow));
         }
-        match call.invoke::<(i64, i64)>(conn) {
-            Ok((0, _)) => Some(Ok(())),
-            Ok((-1, _)) => None, // abandoned earlier under this id: cannot happen for a fresh id
-            Ok((i, kind)) => {
-                let key =
-                    demands.get((i - 1).max(0) as usize).map_or_else(LimitKey::server, |d| d.key.clone());
-                Some(Err(Rejection { key, kind: if kind == 1 { Refusal::Cps } else { Refusal::Channels } }))
-            }
+        call
+    }
+
+    /// The shared admission (Ok: the shadow limits it went over); `None` when Redis did not
+    /// answer.
+    fn admit_shared(
+        &self,
+        demands: &[Demand],
+        count_cps: bool,
+        id: &str,
+    ) -> Option<Result<Vec<Rejection>, Rejection>> {
+        let mut guard = self.conn.lock();
+        let conn = guard.as_mut()?;
+        match self.admit_invocation(demands, count_cps, id).invoke::<Vec<i64>>(conn) {
+            // None: abandoned earlier under this id (cannot happen for a fresh id)
+            Ok(reply) => verdict(demands, &reply),
             Err(e) => {
                 drop(guard);
                 self.abandon(id.to_string());
@@ -684,43 +729,21 @@ impl RedisStore {
         for (i, demands) in candidates.iter().enumerate() {
             let flight = self.take_off();
             let id = flight.id(&self.settings.node);
-            let mut call = self.admit.prepare_invoke();
-            for d in demands {
-                call.key(window_key(&d.key)).key(channels_key(&d.key));
-            }
-            call.key(reservation_key(&id)).key(node_calls_key(&self.settings.node)).key(abandoned_key(&id));
-            call.arg(if count_cps { "1" } else { "0" }).arg(&id).arg(demands.len());
-            for d in demands {
-                call.arg(d.cps.map_or(-1, i64::from))
-                    .arg(d.channels.map_or(-1, i64::from))
-                    .arg(self.credit(&d.key));
-            }
+            let call = self.admit_invocation(demands, count_cps, &id);
             let answer =
-                tokio::time::timeout(self.settings.timeout, call.invoke_async::<(i64, i64)>(&mut conn)).await;
+                tokio::time::timeout(self.settings.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await;
             match answer {
-                Ok(Ok((0, _))) => {
-                    return match self.local.admit(now, &unlimited(demands), count_cps) {
-                        Ok(mut mirror) => {
-                            self.hold(&id, demands);
-                            mirror.set_token(id);
-                            Remote::Admitted(i, mirror)
-                        }
-                        Err(r) => {
-                            self.abandon(id);
-                            Remote::Rejected(r)
-                        }
-                    };
-                }
-                Ok(Ok((-1, _))) => return self.unavailable("admission id abandoned"),
-                Ok(Ok((k, kind))) => {
-                    let key =
-                        demands.get((k - 1).max(0) as usize).map_or_else(LimitKey::server, |d| d.key.clone());
-                    let r = Rejection { key, kind: if kind == 1 { Refusal::Cps } else { Refusal::Channels } };
-                    if !r.key.scope.is_egress() {
-                        return Remote::Rejected(r);
+                Ok(Ok(reply)) => match verdict(demands, &reply) {
+                    Some(Ok(would_reject)) => {
+                        return match self.mirror(now, demands, count_cps, id, would_reject) {
+                            Ok(mirror) => Remote::Admitted(i, mirror),
+                            Err(r) => Remote::Rejected(r),
+                        };
                     }
-                    refusal = Some(r);
-                }
+                    Some(Err(r)) if r.key.scope.is_egress() => refusal = Some(r),
+                    Some(Err(r)) => return Remote::Rejected(r),
+                    None => return self.unavailable("admission id abandoned"),
+                },
                 Ok(Err(e)) => {
                     self.abandon(id);
                     return self.unavailable(&e.to_string());
@@ -734,6 +757,31 @@ impl RedisStore {
         refusal.map_or(Remote::Unavailable, Remote::Rejected)
     }
 
+    /// Counts a reservation Redis granted in this node's own view (for /status and the
+    /// fallback), and remembers it for anti-entropy. A mirror that cannot be made undoes
+    /// the grant.
+    fn mirror(
+        &self,
+        now: Instant,
+        demands: &[Demand],
+        count_cps: bool,
+        id: String,
+        would_reject: Vec<Rejection>,
+    ) -> Result<Reservation, Rejection> {
+        match self.local.admit(now, &unlimited(demands), count_cps) {
+            Ok(mut mirror) => {
+                self.hold(&id, demands);
+                mirror.set_token(id);
+                mirror.set_would_reject(would_reject);
+                Ok(mirror)
+            }
+            Err(r) => {
+                self.abandon(id);
+                Err(r)
+            }
+        }
+    }
+
     fn unavailable(&self, why: &str) -> Remote {
         *self.aconn.lock() = None;
         self.mark_down(why);
@@ -741,9 +789,29 @@ impl RedisStore {
     }
 }
 
+/// Reads the admission script's reply: `Some(Ok(shadow hits))`, `Some(Err(refusal))`, or
+/// `None` for an abandoned id (or a reply this version cannot read).
+fn verdict(demands: &[Demand], reply: &[i64]) -> Option<Result<Vec<Rejection>, Rejection>> {
+    let rejection = |i: i64, kind: i64| {
+        let key = demands.get(usize::try_from(i - 1).ok()?)?.key.clone();
+        let kind = match kind {
+            1 => Refusal::Cps,
+            2 => Refusal::Channels,
+            3 => Refusal::Cpm,
+            _ => return None,
+        };
+        Some(Rejection { key, kind })
+    };
+    match reply {
+        [0, _, hits @ ..] => Some(Ok(hits.chunks_exact(2).filter_map(|h| rejection(h[0], h[1])).collect())),
+        [i, kind, ..] if *i > 0 => rejection(*i, *kind).map(Err),
+        _ => None,
+    }
+}
+
 /// The same demands without limits (counted, never refused).
 fn unlimited(demands: &[Demand]) -> Vec<Demand> {
-    demands.iter().map(|d| Demand { key: d.key.clone(), cps: None, channels: None }).collect()
+    demands.iter().map(Demand::unlimited).collect()
 }
 
 /// Each limit divided among `nodes` (a limit above 0 keeps at least 1 per node).
@@ -751,7 +819,7 @@ fn divided(demands: &[Demand], nodes: u32) -> Vec<Demand> {
     let share = |v: Option<u32>| v.map(|v| if v == 0 { 0 } else { (v / nodes.max(1)).max(1) });
     demands
         .iter()
-        .map(|d| Demand { key: d.key.clone(), cps: share(d.cps), channels: share(d.channels) })
+        .map(|d| Demand { cps: share(d.cps), cpm: share(d.cpm), channels: share(d.channels), ..d.clone() })
         .collect()
 }
 
@@ -761,18 +829,7 @@ impl Store for RedisStore {
             let flight = self.take_off();
             let id = flight.id(&self.settings.node);
             match self.admit_shared(demands, count_cps, &id) {
-                Some(Ok(())) => {
-                    let mut mirror = match self.local.admit(now, &unlimited(demands), count_cps) {
-                        Ok(m) => m,
-                        Err(r) => {
-                            self.abandon(id);
-                            return Err(r);
-                        }
-                    };
-                    self.hold(&id, demands);
-                    mirror.set_token(id);
-                    return Ok(mirror);
-                }
+                Some(Ok(would_reject)) => return self.mirror(now, demands, count_cps, id, would_reject),
                 Some(Err(rejection)) => return Err(rejection),
                 None => {} // Redis did not answer: fall back below
             }
@@ -831,7 +888,7 @@ mod tests {
 
     #[test]
     fn limits_divide_among_nodes() {
-        let d = [Demand { key: LimitKey::server(), cps: Some(10), channels: Some(1) }];
+        let d = [Demand { key: LimitKey::server(), cps: Some(10), channels: Some(1), ..Demand::default() }];
         let shared = divided(&d, 3);
         assert_eq!((shared[0].cps, shared[0].channels), (Some(3), Some(1)));
         assert_eq!(unlimited(&d)[0].cps, None);

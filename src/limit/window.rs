@@ -3,8 +3,20 @@
 
 use std::collections::VecDeque;
 
+use super::minute::Minute;
+
 /// One second in the window's unit.
 pub const SECOND: u64 = 1_000_000_000;
+
+/// What a key enforces on one call: the limits of the table that set them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub cps: Option<u32>,
+    pub cpm: Option<u32>,
+    pub channels: Option<u32>,
+    /// Pacing: besides `cps` in any second, at most one admission per `1/cps` s.
+    pub paced: bool,
+}
 
 /// Admissions and channels of one key.
 ///
@@ -12,11 +24,13 @@ pub const SECOND: u64 = 1_000_000_000;
 /// allowed iff fewer than `cps` admissions fall in the half-open second `(now - 1 s, now]`.
 /// No one-second interval ever holds more than `cps`, and a steady rate below `cps` is never
 /// refused (a fixed window aligned to clock seconds would let `2 x cps` through across a
-/// boundary). Memory is `8 x cps` bytes at most.
+/// boundary). Memory is `8 x cps` bytes at most; a CPM limit adds `4 x cpm` ([`Minute`]).
 #[derive(Debug, Default, Clone)]
 pub struct Counter {
     /// Admission times (ns), oldest first; at most `cps` entries are kept.
     times: VecDeque<u64>,
+    /// The sliding minute, made when a CPM limit first applies.
+    minute: Option<Box<Minute>>,
     /// Calls admitted and not yet released.
     pub channels: u32,
     /// Admissions in the current and the previous whole second (for /status and metrics).
@@ -31,24 +45,42 @@ pub struct Counter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     Cps,
+    Cpm,
     Channels,
 }
 
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cps => "cps",
+            Self::Cpm => "cpm",
+            Self::Channels => "channels",
+        }
+    }
+
+    /// A limit on admissions over time (the call can wait for it), not on calls up.
+    pub fn is_rate(self) -> bool {
+        matches!(self, Self::Cps | Self::Cpm)
+    }
+}
+
+/// The gap pacing keeps between two admissions at `cps` (rounded up: never faster).
+fn pace(cps: u32) -> u64 {
+    SECOND.div_ceil(u64::from(cps.max(1)))
+}
+
 impl Counter {
-    /// Would one more call fit under `cps` / `channels` at `now`? Changes nothing.
-    pub fn check(
-        &self,
-        now: u64,
-        cps: Option<u32>,
-        channels: Option<u32>,
-        count_cps: bool,
-    ) -> Result<(), Refusal> {
-        if let Some(max) = channels {
+    /// Would one more call fit under `caps` at `now`? Changes nothing.
+    pub fn check(&self, now: u64, caps: &Caps, count_cps: bool) -> Result<(), Refusal> {
+        if let Some(max) = caps.channels {
             if self.channels >= max {
                 return Err(Refusal::Channels);
             }
         }
-        if let (Some(max), true) = (cps, count_cps) {
+        if !count_cps {
+            return Ok(());
+        }
+        if let Some(max) = caps.cps {
             if max == 0 {
                 return Err(Refusal::Cps);
             }
@@ -58,21 +90,48 @@ impl Counter {
             if in_window >= max as usize {
                 return Err(Refusal::Cps);
             }
+            if caps.paced && self.times.back().is_some_and(|t| now.saturating_sub(*t) < pace(max)) {
+                return Err(Refusal::Cps);
+            }
+        }
+        if let Some(max) = caps.cpm {
+            if !self.minute.as_ref().map_or(max > 0, |m| m.fits(now, max)) {
+                return Err(Refusal::Cpm);
+            }
         }
         Ok(())
     }
 
-    /// When a call refused by this key's `cps` would fit again (ns): the moment the oldest
-    /// admission still in the window leaves it. `None` when it fits now or has no CPS limit.
-    pub fn cps_opens_at(&self, now: u64, cps: Option<u32>) -> Option<u64> {
-        let max = cps.filter(|m| *m > 0)? as usize;
-        let stale = self.times.iter().take_while(|t| now.saturating_sub(**t) >= SECOND).count();
-        let leaving = (self.times.len() - stale).checked_sub(max)?;
-        self.times.get(stale + leaving).map(|t| t.saturating_add(SECOND))
+    /// When a call refused by this key's rate limits would fit again (ns): the moment the
+    /// oldest admission that must leave a window has left it (and the pacing gap is over).
+    /// `None` when it fits now or no rate limit can open (a limit of 0).
+    pub fn opens_at(&self, now: u64, caps: &Caps) -> Option<u64> {
+        let mut at: Option<u64> = None;
+        let mut later = |t: u64| at = Some(at.map_or(t, |a| a.max(t)));
+        if let Some(max) = caps.cps.filter(|m| *m > 0) {
+            let stale = self.times.iter().take_while(|t| now.saturating_sub(**t) >= SECOND).count();
+            if let Some(leaving) = (self.times.len() - stale).checked_sub(max as usize) {
+                if let Some(t) = self.times.get(stale + leaving) {
+                    later(t.saturating_add(SECOND));
+                }
+            }
+            if caps.paced {
+                if let Some(t) = self.times.back().map(|t| t.saturating_add(pace(max))).filter(|t| *t > now) {
+                    later(t);
+                }
+            }
+        }
+        if let (Some(max), Some(m)) = (caps.cpm, self.minute.as_ref()) {
+            if let Some(t) = m.opens_at(now, max) {
+                later(t);
+            }
+        }
+        at
     }
 
-    /// Records an admission checked with [`Counter::check`] under the same limits.
-    pub fn commit(&mut self, now: u64, cps: Option<u32>, count_cps: bool) {
+    /// Records an admission checked with [`Counter::check`] under the same limits (or
+    /// over them, for a shadow limit: the windows still keep only what can matter).
+    pub fn commit(&mut self, now: u64, caps: &Caps, count_cps: bool) {
         self.channels += 1;
         self.last_used = now;
         if !count_cps {
@@ -80,7 +139,7 @@ impl Counter {
         }
         self.roll(now);
         self.this_second += 1;
-        if let Some(max) = cps {
+        if let Some(max) = caps.cps {
             // Keep only what can still matter: the last `cps` admissions within one second.
             while self.times.len() >= max.max(1) as usize
                 || self.times.front().is_some_and(|t| now.saturating_sub(*t) >= SECOND)
@@ -88,6 +147,9 @@ impl Counter {
                 self.times.pop_front();
             }
             self.times.push_back(now);
+        }
+        if let Some(max) = caps.cpm {
+            self.minute.get_or_insert_with(Box::default).commit(now, max);
         }
     }
 
@@ -113,12 +175,14 @@ impl Counter {
     pub fn is_idle(&self, now: u64) -> bool {
         self.channels == 0
             && self.times.back().is_none_or(|t| now.saturating_sub(*t) >= SECOND)
+            && self.minute.as_ref().is_none_or(|m| m.is_idle(now))
             && now.saturating_sub(self.last_used) >= SECOND
     }
 
     /// Heap bytes held by the window.
     pub fn heap_bytes(&self) -> usize {
         self.times.capacity() * std::mem::size_of::<u64>()
+            + self.minute.as_ref().map_or(0, |m| std::mem::size_of::<Minute>() + m.heap_bytes())
     }
 
     fn roll(&mut self, now: u64) {
@@ -137,10 +201,18 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
-    fn admit(c: &mut Counter, now: u64, cps: u32) -> bool {
-        let ok = c.check(now, Some(cps), None, true).is_ok();
+    fn cps(n: u32) -> Caps {
+        Caps { cps: Some(n), ..Caps::default() }
+    }
+
+    fn channels(n: u32) -> Caps {
+        Caps { channels: Some(n), ..Caps::default() }
+    }
+
+    fn admit(c: &mut Counter, now: u64, n: u32) -> bool {
+        let ok = c.check(now, &cps(n), true).is_ok();
         if ok {
-            c.commit(now, Some(cps), true);
+            c.commit(now, &cps(n), true);
             c.release(now);
         }
         ok
@@ -181,29 +253,29 @@ mod tests {
     #[test]
     fn channels_and_zero_limits() {
         let mut c = Counter::default();
-        assert_eq!(c.check(0, None, Some(0), true), Err(Refusal::Channels));
-        assert_eq!(c.check(0, Some(0), None, true), Err(Refusal::Cps));
-        c.commit(0, None, true);
-        assert_eq!(c.check(0, None, Some(1), true), Err(Refusal::Channels));
+        assert_eq!(c.check(0, &channels(0), true), Err(Refusal::Channels));
+        assert_eq!(c.check(0, &cps(0), true), Err(Refusal::Cps));
+        c.commit(0, &Caps::default(), true);
+        assert_eq!(c.check(0, &channels(1), true), Err(Refusal::Channels));
         c.release(1);
         c.release(2);
         assert_eq!(c.channels, 0, "never below zero");
-        assert_eq!(c.check(3, None, Some(1), true), Ok(()));
+        assert_eq!(c.check(3, &channels(1), true), Ok(()));
     }
 
     #[test]
     fn uncounted_admission_takes_no_cps_slot() {
         let mut c = Counter::default();
-        c.commit(0, Some(1), true);
-        assert_eq!(c.check(1, Some(1), None, true), Err(Refusal::Cps));
-        assert_eq!(c.check(1, Some(1), None, false), Ok(()), "a re-INVITE after 401/407 is the same call");
+        c.commit(0, &cps(1), true);
+        assert_eq!(c.check(1, &cps(1), true), Err(Refusal::Cps));
+        assert_eq!(c.check(1, &cps(1), false), Ok(()), "a re-INVITE after 401/407 is the same call");
     }
 
     #[test]
     fn idle_and_last_second() {
         let mut c = Counter::default();
-        c.commit(100 * MS, Some(10), true);
-        c.commit(200 * MS, Some(10), true);
+        c.commit(100 * MS, &cps(10), true);
+        c.commit(200 * MS, &cps(10), true);
         assert_eq!(c.cps_last_second(1_100 * MS), 2);
         assert_eq!(c.cps_last_second(2_100 * MS), 0);
         assert!(!c.is_idle(1_500 * MS), "channels still held");
@@ -211,5 +283,37 @@ mod tests {
         c.release(1_500 * MS);
         assert!(!c.is_idle(2_000 * MS));
         assert!(c.is_idle(2_600 * MS));
+    }
+
+    #[test]
+    fn pacing_spaces_admissions_and_says_when_the_next_fits() {
+        let mut c = Counter::default();
+        let paced = Caps { cps: Some(10), paced: true, ..Caps::default() };
+        assert_eq!(c.check(0, &paced, true), Ok(()));
+        c.commit(0, &paced, true);
+        assert_eq!(c.check(99 * MS, &paced, true), Err(Refusal::Cps), "100 ms apart at cps 10");
+        assert_eq!(c.opens_at(10 * MS, &paced), Some(100 * MS));
+        assert_eq!(c.check(100 * MS, &paced, true), Ok(()));
+        assert_eq!(c.check(99 * MS, &cps(10), true), Ok(()), "unpaced, the window alone decides");
+    }
+
+    #[test]
+    fn cpm_and_cps_apply_together() {
+        let mut c = Counter::default();
+        let both = Caps { cps: Some(2), cpm: Some(3), ..Caps::default() };
+        for t in [0, 10 * MS] {
+            c.check(t, &both, true).unwrap();
+            c.commit(t, &both, true);
+        }
+        assert_eq!(c.check(20 * MS, &both, true), Err(Refusal::Cps));
+        c.check(SECOND, &both, true).unwrap();
+        c.commit(SECOND, &both, true);
+        assert_eq!(c.check(3 * SECOND, &both, true), Err(Refusal::Cpm));
+        assert_eq!(c.opens_at(3 * SECOND, &both), Some(60 * SECOND));
+        assert!(!c.is_idle(30 * SECOND), "the minute still holds admissions");
+        c.release(0);
+        c.release(0);
+        c.release(0);
+        assert!(c.is_idle(61 * SECOND + SECOND));
     }
 }

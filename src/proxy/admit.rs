@@ -56,7 +56,7 @@ impl Proxy {
         }
         match self.try_admit(now, &plan, count_cps) {
             Ok((i, reservation)) => {
-                self.on_admitted(now, &plan, ctx, i, count_cps, None);
+                self.on_admitted(now, &plan, ctx, i, count_cps, None, reservation.would_reject());
                 Some((targets_from(&plan, i), reservation))
             }
             Err(rejection) => {
@@ -81,7 +81,9 @@ impl Proxy {
         super::waitroom::try_admit(&*self.limiter, &self.backoff, now, plan, count_cps)
     }
 
-    /// Counts, records usage and logs an admission (`waited`: time spent in the buffer).
+    /// Counts, records usage and logs an admission (`waited`: time spent in the buffer;
+    /// `would_reject`: shadow limits it went over).
+    #[allow(clippy::too_many_arguments)]
     fn on_admitted(
         &mut self,
         now: Instant,
@@ -90,26 +92,31 @@ impl Proxy {
         i: usize,
         counted: bool,
         waited: Option<Duration>,
+        would_reject: &[Rejection],
     ) {
         Stats::bump(&self.stats.calls_admitted);
-        let customer = ctx.customer.and_then(|c| self.config.customers.get(c)).map(|c| c.name.as_str());
+        for hit in would_reject {
+            self.stats.shadow_hit(&hit.key, hit.kind);
+        }
         let carrier = plan
             .candidates
             .get(i)
             .and_then(|c| self.config.carriers.get(c.carrier))
             .map_or("", |c| c.name.as_str());
         {
-            let mut usage = self.usage.lock();
-            match customer {
-                Some(name) => usage.record(now, &[("server", ""), ("customer", name), ("carrier", carrier)]),
-                None => usage.record(now, &[("server", ""), ("carrier", carrier)]),
+            // Usage for the server, the carrier, the customer and each of its parents.
+            let mut scopes: Vec<(&str, &str)> = vec![("server", ""), ("carrier", carrier)];
+            if let Some(c) = ctx.customer {
+                scopes.extend(self.config.customer_chain(c).map(|c| ("customer", c.name.as_str())));
             }
+            self.usage.lock().record(now, &scopes);
         }
         if let Some(w) = waited {
             Stats::bump(&self.stats.queue_admitted);
             self.stats.queue_wait.observe(w);
         }
-        self.log_decision(now, ctx, Some(i), plan, "admitted", None, counted, waited);
+        let decision = Decision { chosen: Some(i), decision: "admitted", rejection: None, would_reject };
+        self.log_decision(now, ctx, plan, decision, counted, waited);
     }
 
     /// Puts a refused call in the spike buffer when that is allowed and can succeed: the
@@ -128,10 +135,10 @@ impl Proxy {
         rejection: Rejection,
         out: &mut Vec<Action>,
     ) -> Result<(), Rejection> {
-        let Some((priority, lane)) = self.may_wait(&plan, ctx.customer, &rejection) else {
+        let Some((priority, lane)) = self.may_wait(now, &plan, ctx.customer, &rejection) else {
             return Err(rejection);
         };
-        self.log_decision(now, ctx, None, &plan, "queued", Some(&rejection), count_cps, None);
+        self.log_decision(now, ctx, &plan, Decision::refused("queued", &rejection), count_cps, None);
         let Some(id) = self.park(now, plan, ctx, msg, key, count_cps, rejection, out) else {
             return Err(Rejection { key: LimitKey::server(), kind: Refusal::Channels });
         };
@@ -144,13 +151,14 @@ impl Proxy {
     /// room, and the wait its position implies fits in `queue_ms`. Returns its lane.
     fn may_wait(
         &self,
+        now: Instant,
         plan: &CallPlan,
         customer: Option<CustomerId>,
         rejection: &Rejection,
     ) -> Option<(i32, String)> {
         let overflow = &self.config.overflow;
         let queueable = match rejection.kind {
-            Refusal::Cps => true,
+            Refusal::Cps | Refusal::Cpm => true,
             Refusal::Channels => overflow.queue_channels,
         };
         if overflow.queue.is_zero() || !queueable || self.waitroom.len() >= overflow.queue_depth {
@@ -158,14 +166,21 @@ impl Proxy {
         }
         let customer = customer.and_then(|c| self.config.customers.get(c));
         let (priority, lane) = customer.map_or((0, ""), |c| (c.priority, c.name.as_str()));
+        let demand = plan
+            .common
+            .iter()
+            .chain(plan.candidates.iter().flat_map(|c| c.demands.iter()))
+            .find(|d| d.key == rejection.key);
+        if rejection.kind.is_rate() {
+            // A slot that opens only after the deadline (a full minute window) is no reason
+            // to hold the caller.
+            if demand.and_then(|d| self.limiter.opens_at(now, d)).is_some_and(|at| at > now + overflow.queue)
+            {
+                return None;
+            }
+        }
         if rejection.kind == Refusal::Cps {
-            let cps = plan
-                .common
-                .iter()
-                .chain(plan.candidates.iter().flat_map(|c| c.demands.iter()))
-                .find(|d| d.key == rejection.key)
-                .and_then(|d| d.cps);
-            if let Some(cps) = cps.filter(|c| *c > 0) {
+            if let Some(cps) = demand.and_then(|d| d.cps).filter(|c| *c > 0) {
                 let ahead = self.waitroom.ahead_of(priority, lane) as f64 + 1.0;
                 if Duration::from_secs_f64(ahead / f64::from(cps)) > overflow.queue {
                     return None;
@@ -254,7 +269,7 @@ impl Proxy {
             .txs
             .get(&id)
             .and_then(|t| t.pending.as_ref())
-            .and_then(|p| self.may_wait(&p.plan, p.customer, &rejection));
+            .and_then(|p| self.may_wait(now, &p.plan, p.customer, &rejection));
         if let Some(p) = self.txs.get_mut(&id).and_then(|t| t.pending.as_mut()) {
             p.rejection = rejection;
         }
@@ -296,7 +311,7 @@ impl Proxy {
         let (request, source, call_id) = (tx.request.clone(), tx.source, tx.call_id.clone());
         let ctx = p.context(&call_id, source);
         let waited = from_queue.then(|| now.saturating_duration_since(p.since));
-        self.on_admitted(now, &p.plan, &ctx, i, p.count_cps, waited);
+        self.on_admitted(now, &p.plan, &ctx, i, p.count_cps, waited, reservation.would_reject());
         let Ok(msg) = crate::sip::parse(&request) else {
             self.limiter.release(now, reservation);
             return;
@@ -325,7 +340,8 @@ impl Proxy {
         let ctx = p.context(&call_id, source);
         let (status, reason, header, value) = self.refusal_answer(&p.rejection);
         let waited = now.saturating_duration_since(p.since);
-        self.log_decision(now, &ctx, None, &p.plan, decision, Some(&p.rejection), p.count_cps, Some(waited));
+        let logged = Decision::refused(decision, &p.rejection);
+        self.log_decision(now, &ctx, &p.plan, logged, p.count_cps, Some(waited));
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         self.final_answer(now, id, status, &reason, &extra, out);
     }
@@ -407,7 +423,7 @@ impl Proxy {
     ) {
         let (status, reason, header, value) = self.refusal_answer(rejection);
         let decision = if status == 302 { "redirected" } else { "rejected" };
-        self.log_decision(now, ctx, None, plan, decision, Some(rejection), true, None);
+        self.log_decision(now, ctx, plan, Decision::refused(decision, rejection), true, None);
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         if self.under_pressure() {
             // No transaction: the answer is a function of the request, and the table above
@@ -480,21 +496,19 @@ impl Proxy {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn log_decision(
         &self,
         now: Instant,
         ctx: &CallContext<'_>,
-        chosen: Option<usize>,
         plan: &CallPlan,
-        decision: &str,
-        rejection: Option<&Rejection>,
+        d: Decision<'_>,
         counted: bool,
         waited: Option<Duration>,
     ) {
         if !self.decisions.allow(now) {
             return;
         }
+        let Decision { chosen, decision, rejection, would_reject } = d;
         let candidate = chosen.and_then(|i| plan.candidates.get(i));
         let customer =
             ctx.customer.and_then(|c| self.config.customers.get(c)).map_or("", |c| c.name.as_str());
@@ -527,12 +541,47 @@ impl Proxy {
             decision,
             scope = rejection.map_or("", |r| r.key.scope.as_str()),
             key = %rejection.map(|r| r.key.name.label()).unwrap_or_default(),
-            kind = rejection.map_or("", |r| match r.kind { Refusal::Cps => "cps", Refusal::Channels => "channels" }),
+            kind = rejection.map_or("", |r| r.kind.as_str()),
+            would_reject = %would_reject_text(would_reject),
             cps_counted = counted,
             wait_ms = waited.map_or(0, |w| w.as_millis() as u64),
             "admission decision"
         );
     }
+}
+
+/// What one `call.admission` event reports.
+struct Decision<'a> {
+    /// The candidate admitted on.
+    chosen: Option<usize>,
+    decision: &'a str,
+    /// The limit that refused (or queued) the call.
+    rejection: Option<&'a Rejection>,
+    /// Shadow limits the admitted call went over.
+    would_reject: &'a [Rejection],
+}
+
+impl<'a> Decision<'a> {
+    fn refused(decision: &'a str, rejection: &'a Rejection) -> Self {
+        Self { chosen: None, decision, rejection: Some(rejection), would_reject: &[] }
+    }
+}
+
+/// `scope:key:kind` of each shadow limit a call went over, comma-separated ("" for none):
+/// `customer:acme:channels`, `server::cps`.
+fn would_reject_text(hits: &[Rejection]) -> String {
+    let mut text = String::new();
+    for (i, r) in hits.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(r.key.scope.as_str());
+        text.push(':');
+        text.push_str(&r.key.name.label());
+        text.push(':');
+        text.push_str(r.kind.as_str());
+    }
+    text
 }
 
 /// The admitted gateway first, then the later candidates (reserved only on failover).

@@ -189,7 +189,8 @@ impl Proxy {
             return;
         }
         let number = uri.as_ref().and_then(|u| u.user).map(dialed_number).unwrap_or_default();
-        let own_routes = customer.and_then(|c| self.config.customers[c].routes.as_ref());
+        let route_owner = customer.and_then(|c| self.config.route_owner(c));
+        let own_routes = route_owner.and_then(|c| self.config.customers[c].routes.as_ref());
         let table = own_routes.unwrap_or(&self.config.routes);
         let Some((index, route)) = table.lookup(number) else {
             if method == Method::Invite {
@@ -224,7 +225,7 @@ impl Proxy {
             self.reply(now, msg, source, Answer::new(482, "Loop Detected"), &[], out);
             return;
         }
-        let route_ref = RouteRef { customer: own_routes.and(customer), index };
+        let route_ref = RouteRef { customer: route_owner, index };
         let plan = self.planner.plan(customer, ip, user, route_ref, number);
         if plan.candidates.is_empty() {
             Stats::bump(&self.stats.calls_no_route);
@@ -237,8 +238,7 @@ impl Proxy {
             for d in
                 plan.common.iter_mut().chain(plan.candidates.iter_mut().flat_map(|c| c.demands.iter_mut()))
             {
-                d.cps = None;
-                d.channels = None;
+                *d = d.unlimited();
             }
         }
         if self.refused_again(now, source, msg, &key, out) {

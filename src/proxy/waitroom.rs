@@ -174,15 +174,19 @@ impl Waitroom {
     }
 }
 
-/// When a waiting call next needs looking at: the moment its CPS limit has room (the oldest
-/// admission leaves the window), else a short tick, and never after its deadline.
+/// When a waiting call next needs looking at: the moment its rate limit has room (the oldest
+/// admission leaves the window, the pacing gap ends), else a short tick, and never after its
+/// deadline.
 fn event_of(now: Instant, w: &Waiting<TxId>, ask: &Ask, limiter: &dyn Store) -> Instant {
-    let opens = (ask.rejection.kind == Refusal::Cps)
+    let opens = ask
+        .rejection
+        .kind
+        .is_rate()
         .then(|| {
             let plan = &ask.plan;
             let mut demands = plan.common.iter().chain(plan.candidates.iter().flat_map(|c| c.demands.iter()));
             let demand = demands.find(|d| d.key == ask.rejection.key)?;
-            limiter.cps_opens_at(now, demand)
+            limiter.opens_at(now, demand)
         })
         .flatten();
     opens.unwrap_or(now + QUEUE_TICK).min(w.deadline).max(now)
