@@ -169,6 +169,7 @@ async fn a_shadow_customer_limit_admits_every_call_and_counts_it() {
     assert!(admitted.iter().all(|e| e["decision"] == "admitted"), "{admitted:?}");
     let flagged = admitted.iter().filter(|e| e["would_reject"] == "customer:trial:channels").count();
     assert_eq!(flagged, 4, "{admitted:?}");
+    println!("a shadow hit as logged: {}", admitted[4]);
     let metrics = http(running.admin.unwrap(), "GET", "/metrics").await.1;
     assert!(
         metrics
@@ -252,6 +253,56 @@ async fn a_paced_carrier_gets_an_even_stream() {
         let span = w[2].0.duration_since(w[0].0);
         assert!(span >= Duration::from_millis(100), "three INVITEs within {span:?}: {:?}", &w);
     }
+    let mut per_100ms = [0u32; 32];
+    for (t, _) in &arrivals {
+        let slot = (t.duration_since(arrivals[0].0).as_millis() / 100) as usize;
+        per_100ms[slot.min(31)] += 1;
+    }
+    println!("INVITEs at the gateway per 100 ms from the first: {per_100ms:?}");
     let total = arrivals[29].0.duration_since(arrivals[0].0);
     assert!(total >= Duration::from_millis(2_700), "29 gaps of 100 ms, got {total:?}");
+}
+
+/// Rolling a limit out: shadow first (over it, calls go through and are counted), then the
+/// same file with `mode = "enforce"` reloaded: the next call over it is refused, and the
+/// calls admitted in shadow mode stay up.
+#[tokio::test]
+async fn switching_shadow_to_enforce_is_a_reload() {
+    let dir =
+        std::env::temp_dir().join(format!("sluice-shadow-reload-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    let seen = spawn_pbx(pbx, Pbx::Ring);
+    let accounts =
+        "[[customer]]\nname = \"rollout\"\nmode = \"shadow\"\nips = [\"127.0.0.6/32\"]\nchannels = 1\n";
+    let mut text = config_with(&[uri], "admin = \"127.0.0.1:0\"", accounts);
+    if let Some(cluster) = cluster_section() {
+        text.push_str(&cluster);
+    }
+    std::fs::write(&path, &text).unwrap();
+    let server = sluice::server::Server::bind(sluice::config::Config::load(&path).unwrap()).await.unwrap();
+    let running = server.start(tokio_util::sync::CancellationToken::new());
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut caller = Endpoint::udp_on("127.0.0.6").await;
+    for id in ["roll-1", "roll-2"] {
+        caller.send(proxy, invite(&caller, id, id, "100", proxy).as_bytes()).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while count(&seen, "INVITE") < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&seen, "INVITE"), 2, "shadow: both calls go through");
+    assert_eq!(shadow_hits(&running, Scope::Customer, "rollout", Refusal::Channels), 1);
+
+    std::fs::write(&path, text.replace("mode = \"shadow\"", "mode = \"enforce\"")).unwrap();
+    let (code, body) = http(running.admin.unwrap(), "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    caller.send(proxy, invite(&caller, "roll-3", "roll-3", "100", proxy).as_bytes()).await;
+    let (answer, _) = caller.expect("SIP/2.0 5").await;
+    assert_eq!(answer.lines().next(), Some("SIP/2.0 503 Channel Limit reached"));
+    assert_eq!(hits(&running, Scope::Customer, "rollout", Refusal::Channels), 1);
+    assert_eq!(count(&seen, "INVITE"), 2, "the two calls admitted in shadow mode stay up");
+    let _ = std::fs::remove_dir_all(&dir);
 }
