@@ -115,6 +115,22 @@ async fn two_sub_customers_fill_their_parents_channels() {
     );
     assert_eq!(customer("reseller")["parent"], serde_json::Value::Null);
     assert_eq!(customer("beta")["mode"], "enforce");
+    let usage: serde_json::Value =
+        serde_json::from_str(&http(running.admin.unwrap(), "GET", "/usage").await.1).unwrap();
+    let peak = |name: &str| {
+        usage["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scope"] == "customer" && r["name"] == name)
+            .map(|r| r["max"].clone())
+    };
+    // Every admitted call is the reseller's: its peak is the server's (1 or 2, depending on
+    // whether the two admissions fell in one wall-clock second), each sub-customer's is 1.
+    let server =
+        usage["scopes"].as_array().unwrap().iter().find(|r| r["scope"] == "server").map(|r| r["max"].clone());
+    assert_eq!(peak("reseller"), server, "{usage}");
+    assert_eq!((peak("acme"), peak("beta")), (Some(1.into()), Some(1.into())), "{usage}");
 
     hang_up_answered(&mut acme, proxy, &first).await;
     hang_up_answered(&mut beta, proxy, &second).await;

@@ -1098,4 +1098,17 @@ mod tests {
         let huge = paced.replace("cpm = 300", "cpm = 4000000000");
         assert_eq!(Config::parse("t.toml", &huge).unwrap_err().0[0].key, "carrier[0].cpm");
     }
+
+    #[test]
+    fn a_sub_account_routes_like_its_nearest_ancestor_with_routes() {
+        let text = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n\
+            [[customer]]\nname = \"top\"\n  [[customer.route]]\n  prefix = \"44\"\n  carriers = [\"a\"]\n\
+            [[customer]]\nname = \"mid\"\nparent = \"top\"\n[[customer]]\nname = \"leaf\"\nparent = \"mid\"\n[[customer]]\nname = \"alone\"\n";
+        let c = Config::parse("t.toml", text).unwrap();
+        assert_eq!(c.route_owner(2), Some(0), "leaf -> mid (none) -> top");
+        assert_eq!(c.route_owner(0), Some(0));
+        assert_eq!(c.route_owner(3), None, "the global table");
+        let chain: Vec<&str> = c.customer_chain(2).map(|c| c.name.as_str()).collect();
+        assert_eq!(chain, ["leaf", "mid", "top"]);
+    }
 }
