@@ -27,14 +27,19 @@ pub enum ServerError {
     /// A listen address could not be bound (in use, not local, no permission).
     #[error("cannot bind {transport}://{addr}: {source}")]
     Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
+    /// The TLS certificates could not be used (changed since the config was checked).
+    #[error("TLS: {0}")]
+    Tls(#[from] transport::tls::TlsError),
 }
 
 /// A bound, not yet running proxy.
 pub struct Server {
     config: Arc<Config>,
     udp: Vec<Arc<UdpSocket>>,
-    tcp: Vec<TcpListener>,
+    /// TCP and TLS listeners.
+    tcp: Vec<(TcpListener, Transport)>,
     admin: Option<TcpListener>,
+    tls: transport::tls::Tls,
 }
 
 /// A running proxy: its addresses and a handle to stop it.
@@ -103,10 +108,10 @@ impl Server {
                     }
                     local
                 }
-                Transport::Tcp => {
+                Transport::Tcp | Transport::Tls => {
                     let s = TcpListener::bind(addr).await.map_err(err)?;
                     let local = s.local_addr().map_err(err)?;
-                    tcp.push(s);
+                    tcp.push((s, l.transport));
                     local
                 }
             };
@@ -122,7 +127,8 @@ impl Server {
             }
             None => None,
         };
-        Ok(Self { config: Arc::new(config), udp, tcp, admin })
+        let tls = transport::tls::Tls::new(&config)?;
+        Ok(Self { config: Arc::new(config), udp, tcp, admin, tls })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -164,6 +170,8 @@ impl Server {
             stats,
             udp: self.udp.clone(),
             tcp: transport::tcp::Registry::default(),
+            tls_conns: transport::tcp::Registry::default(),
+            tls: self.tls,
             shutdown,
             max_message: self.config.max_message_bytes,
             max_tcp_per_ip: self.config.max_tcp_per_ip,
@@ -176,8 +184,8 @@ impl Server {
         for socket in self.udp {
             tasks.spawn(transport::udp::serve(shared.clone(), socket));
         }
-        for listener in self.tcp {
-            tasks.spawn(transport::tcp::serve(shared.clone(), listener));
+        for (listener, transport) in self.tcp {
+            tasks.spawn(transport::tcp::serve(shared.clone(), listener, transport));
         }
         for k in 0..shards {
             tasks.spawn(shared.clone().run_shard_timers(k));

@@ -16,6 +16,10 @@ pub struct Stats {
     pub responses_out: AtomicU64,
     pub malformed_udp: AtomicU64,
     pub malformed_tcp: AtomicU64,
+    pub malformed_tls: AtomicU64,
+    /// TLS handshakes that failed (inbound: a client's; outbound: a gateway's certificate
+    /// not trusted, or no TLS at all).
+    pub tls_handshake_failed: AtomicU64,
     /// Messages dropped for size before any parsing.
     pub oversize: AtomicU64,
     /// Responses or requests dropped because they belong to nothing (stray responses,
@@ -124,6 +128,7 @@ impl Stats {
         Self::bump(match transport {
             Transport::Udp => &self.malformed_udp,
             Transport::Tcp => &self.malformed_tcp,
+            Transport::Tls => &self.malformed_tls,
         });
     }
 

@@ -33,12 +33,13 @@ impl Rig {
         let text = match transport {
             Transport::Udp => CONFIG.to_string(),
             Transport::Tcp => CONFIG.replace("udp://", "tcp://"),
+            Transport::Tls => panic!("this harness runs UDP and TCP (TLS needs certificate files)"),
         };
         let config = Arc::new(Config::parse("t", &text).unwrap());
         let limits = Arc::new(MemoryStore::new(Instant::now()));
         let peer = |addr: &str, conn| match transport {
             Transport::Udp => Peer::udp(addr.parse().unwrap()),
-            Transport::Tcp => Peer::tcp(addr.parse().unwrap(), conn),
+            Transport::Tcp | Transport::Tls => Peer::stream(transport, addr.parse().unwrap(), conn),
         };
         let stats = Arc::new(Stats::default());
         Self {

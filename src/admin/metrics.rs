@@ -115,6 +115,7 @@ fn build(admin: &Admin) -> Option<String> {
     )?;
     malformed.with_label_values(&["udp"]).inc_by(get(&stats.malformed_udp) + get(&stats.oversize));
     malformed.with_label_values(&["tcp"]).inc_by(get(&stats.malformed_tcp));
+    malformed.with_label_values(&["tls"]).inc_by(get(&stats.malformed_tls));
 
     let stray = counter(
         &registry,

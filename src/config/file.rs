@@ -53,6 +53,12 @@ pub(crate) struct Server {
     /// Threads that process SIP messages (one shard each); 0 = one per CPU core.
     #[serde(default)]
     pub(crate) workers: u32,
+    /// PEM certificate chain and key for tls:// listeners.
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Added: PEM CA certificates that TLS gateways' certificates must chain to (absent:
+    /// the system's roots).
+    pub(crate) tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,6 +71,19 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// As written in the config, for logs and /status.
     pub uri: String,
+    /// The host as written: the name a TLS gateway's certificate is checked against (SNI).
+    pub host: String,
+}
+
+/// Certificates for SIP over TLS (paths; read at load, on reload and when the listeners
+/// start).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The chain and key sluice presents on tls:// listeners.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// CA certificates for verifying TLS gateways; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +270,7 @@ pub struct Config {
     /// SIP worker threads (`[server] workers`; 0 = one per CPU core). See
     /// [`Config::worker_threads`].
     pub workers: u32,
+    pub tls: TlsFiles,
     pub log_format: LogFormat,
     pub log_level: String,
     pub carriers: Vec<Carrier>,
@@ -425,6 +439,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         );
     }
     at_most(e, &[Key("server"), Key("workers")], u64::from(raw.server.workers), u64::from(bounds::WORKERS));
+    let tls = tls_files(&raw.server, &listen, e);
     if !(1..=bounds::MAX_CALL_SECONDS).contains(&raw.limits.max_call_seconds) {
         e.push(
             &[Key("limits"), Key("max_call_seconds")],
@@ -479,7 +494,8 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
                             ),
                         );
                     }
-                    gateways.push(Gateway { transport, addr, uri: text.clone() });
+                    let host = crate::peer::endpoint_host(text).to_string();
+                    gateways.push(Gateway { transport, addr, uri: text.clone(), host });
                 }
                 Err(msg) => e.push(&path, msg),
             }
@@ -686,6 +702,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         max_message_bytes: raw.server.max_message_bytes,
         max_tcp_per_ip: raw.server.max_tcp_per_ip,
         workers: raw.server.workers,
+        tls,
         log_format: raw.log.format,
         log_level: raw.log.level.clone(),
         carriers,
@@ -760,6 +777,33 @@ fn check_pair(e: &mut Errors<'_>, base: &[Seg], pair: Pair) {
     if let Some(channels) = pair.channels {
         at_most(e, &at("channels"), u64::from(channels), u64::from(bounds::CHANNELS));
     }
+}
+
+/// `tls_cert` / `tls_key` / `tls_ca`: a tls:// listener needs the first two; every file
+/// named must load (the error names the key's line).
+fn tls_files(server: &file::Server, listen: &[Listener], e: &mut Errors<'_>) -> TlsFiles {
+    let files =
+        TlsFiles { cert: server.tls_cert.clone(), key: server.tls_key.clone(), ca: server.tls_ca.clone() };
+    let listens_tls = listen.iter().any(|l| l.transport == Transport::Tls);
+    match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            if let Err(why) = crate::transport::tls::server_config(cert, key) {
+                let at = if why.is_about_key() { "tls_key" } else { "tls_cert" };
+                e.push(&[Key("server"), Key(at)], why.to_string());
+            }
+        }
+        (None, None) if !listens_tls => {}
+        (None, _) => {
+            e.push(&[Key("server"), Key("tls_cert")], "a tls:// listener needs tls_cert and tls_key")
+        }
+        (_, None) => e.push(&[Key("server"), Key("tls_key")], "a tls:// listener needs tls_cert and tls_key"),
+    }
+    if let Some(ca) = &files.ca {
+        if let Err(why) = crate::transport::tls::client_config(Some(ca)) {
+            e.push(&[Key("server"), Key("tls_ca")], why.to_string());
+        }
+    }
+    files
 }
 
 /// A table's limits as the planner applies them.
@@ -988,7 +1032,7 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_key() {
-        let text = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\", \"tls://x:1\"]\n\n[[route]]\nprefix = \"1\"\ncarriers = [\"a\", \"nope\"]\n";
+        let text = "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\n\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:5070\", \"sctp://x:1\"]\n\n[[route]]\nprefix = \"1\"\ncarriers = [\"a\", \"nope\"]\n";
         let errs = Config::parse("t.toml", text).unwrap_err().0;
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].key, "carrier[0].gateways[1]");

@@ -80,7 +80,7 @@ pub fn request(
             }
         }
     }
-    if msg.content_length.is_none() && edits.out == Transport::Tcp {
+    if msg.content_length.is_none() && edits.out.is_reliable() {
         let at = msg.body_start - crlf.len();
         let len = msg.body.end - msg.body.start;
         s.insert_with(at, |out| {

@@ -10,8 +10,10 @@ use crate::sip::uri::Uri;
 pub struct Identity {
     udp_sent_by: String,
     tcp_sent_by: String,
+    tls_sent_by: String,
     udp_record_route: String,
     tcp_record_route: String,
+    tls_record_route: String,
     hosts: Vec<String>,
     ports: Vec<u16>,
 }
@@ -30,11 +32,15 @@ impl Identity {
         ports.sort_unstable();
         ports.dedup();
         let (udp_sent_by, tcp_sent_by) = (config.sent_by(Transport::Udp), config.sent_by(Transport::Tcp));
+        let tls_sent_by = config.sent_by(Transport::Tls);
         Self {
             udp_record_route: format!("<sip:{udp_sent_by};lr>"),
             tcp_record_route: format!("<sip:{tcp_sent_by};transport=tcp;lr>"),
+            // RFC 5630 §3.3: a hop reached over TLS is a sips: URI (not transport=tls).
+            tls_record_route: format!("<sips:{tls_sent_by};lr>"),
             udp_sent_by,
             tcp_sent_by,
+            tls_sent_by,
             hosts,
             ports,
         }
@@ -45,6 +51,7 @@ impl Identity {
         match transport {
             Transport::Udp => &self.udp_sent_by,
             Transport::Tcp => &self.tcp_sent_by,
+            Transport::Tls => &self.tls_sent_by,
         }
     }
 
@@ -53,6 +60,7 @@ impl Identity {
         match transport {
             Transport::Udp => &self.udp_record_route,
             Transport::Tcp => &self.tcp_record_route,
+            Transport::Tls => &self.tls_record_route,
         }
     }
 

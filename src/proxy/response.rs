@@ -88,7 +88,7 @@ impl Proxy {
         if source.addr == target.addr {
             return true;
         }
-        if source.transport == Transport::Tcp
+        if source.transport.is_reliable()
             && (target.conn.is_some_and(|c| source.conn == Some(c)) || source.addr.ip() == target.addr.ip())
         {
             return true;
@@ -300,7 +300,10 @@ impl Proxy {
             msg.all(HeaderName::Via).nth(1).and_then(|h| via::parse_first(msg.bytes(h.value)))
         };
         let Some(target) = next.as_ref().and_then(|v| {
-            v.response_target().map(|addr| if v.is_tcp() { Peer::tcp(addr, None) } else { Peer::udp(addr) })
+            v.response_target().map(|addr| match Transport::from_via(v.transport) {
+                Some(t @ (Transport::Tcp | Transport::Tls)) => Peer::stream(t, addr, None),
+                _ => Peer::udp(addr),
+            })
         }) else {
             return self.stray(now, source, msg, Stray::NotOurs);
         };

@@ -35,7 +35,7 @@ pub fn stamp(msg: &Message<'_>, source: Peer, splice: &mut Splice<'_>) -> Option
         }
     }
     Some(match source.transport {
-        Transport::Tcp => source,
+        Transport::Tcp | Transport::Tls => source,
         Transport::Udp => {
             let port = if wants_rport { source.addr.port() } else { top.port.unwrap_or(5060) };
             Peer::udp(SocketAddr::new(src_ip, port))

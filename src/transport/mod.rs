@@ -3,6 +3,7 @@
 //! and reports undeliverable requests back to the core.
 
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -92,6 +93,9 @@ pub struct Shared {
     /// (SO_REUSEPORT), so any of them sends with the same source port.
     pub udp: Vec<Arc<UdpSocket>>,
     pub tcp: tcp::Registry,
+    pub tls_conns: tcp::Registry,
+    /// Certificates for TLS listeners and for verifying TLS gateways (swapped on reload).
+    pub tls: tls::Tls,
     pub shutdown: CancellationToken,
     pub max_message: usize,
     /// Inbound TCP connections allowed per source IP.
@@ -110,9 +114,16 @@ impl Shared {
         self.node.config()
     }
 
-    /// Replaces the configuration for new calls, in every shard and for every other reader.
+    /// Replaces the configuration for new calls, in every shard and for every other reader;
+    /// TLS certificates are read again for new connections.
     pub fn swap_config(&self, next: Arc<crate::config::Config>) {
+        self.tls.reload(&next.tls);
         self.node.reload(next);
+    }
+
+    /// The connections of a stream transport (TCP or TLS).
+    pub fn streams(&self, transport: Transport) -> &tcp::Registry {
+        if transport == Transport::Tls { &self.tls_conns } else { &self.tcp }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -147,7 +158,7 @@ impl Shared {
             match action {
                 Action::Send { to, data, tx } => match to.transport {
                     Transport::Udp => self.send_udp(to.addr, data),
-                    Transport::Tcp => self.tcp.send(self, to, data, tx),
+                    Transport::Tcp | Transport::Tls => self.streams(to.transport).send(self, to, data, tx),
                 },
                 Action::Admit { tx, candidates, count_cps } => self.admit_remote(tx, candidates, count_cps),
             }

@@ -1,5 +1,7 @@
-//! The TCP side: accepted and outgoing connections, each framed by Content-Length. Responses
-//! go back on the connection a request came in on; connections to gateways are reused.
+//! The stream side, TCP and TLS: accepted and outgoing connections, each framed by
+//! Content-Length. Responses go back on the connection a request came in on; connections to
+//! gateways are reused. TLS is the same connection with a rustls session under it
+//! (handshake first, bounded in time; see [`super::tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,12 +10,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::peer::{ConnId, Peer};
+use crate::peer::{ConnId, Peer, Transport};
 use crate::proxy::transaction::TxId;
 use crate::sip::framing::{Frame, frame};
 use crate::stats::Stats;
@@ -28,8 +30,10 @@ pub const INCOMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages queued for one connection's writer before further ones are dropped.
 const WRITE_QUEUE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A TLS handshake (either side) must finish within this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Live connections: by id, and by remote address for reuse.
+/// Live connections of one stream transport: by id, and by remote address for reuse.
 pub struct Registry {
     conns: DashMap<ConnId, mpsc::Sender<Bytes>>,
     by_addr: DashMap<SocketAddr, ConnId>,
@@ -70,7 +74,7 @@ impl Registry {
         self.conns.len()
     }
 
-    /// Inbound connections `ip` holds now.
+    /// Inbound connections `ip` holds now (TCP and TLS together: counted in the TCP registry).
     pub fn inbound_from(&self, ip: std::net::IpAddr) -> u32 {
         self.per_ip.get(&ip).map_or(0, |n| *n)
     }
@@ -113,6 +117,7 @@ struct InboundSlot {
 impl InboundSlot {
     /// One more inbound connection from `ip`, or `None` when it holds its share already.
     fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<Self> {
+        // One allowance per source IP for TCP and TLS together.
         let mut n = shared.tcp.per_ip.entry(ip).or_insert(0);
         if *n >= shared.max_tcp_per_ip {
             return None;
@@ -132,8 +137,9 @@ impl Drop for InboundSlot {
     }
 }
 
-/// Accepts connections until shutdown.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// Accepts connections until shutdown; on a TLS listener each one is handshaken first.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, transport: Transport) {
+    let registry = shared.streams(transport);
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -141,15 +147,15 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, remote)) => {
-                if shared.tcp.len() >= MAX_CONNECTIONS {
-                    if shared.tcp.may_log() {
+                if registry.len() >= MAX_CONNECTIONS {
+                    if registry.may_log() {
                         tracing::warn!(event = "transport.tcp_full", remote = %remote, "connection limit reached; closing");
                     }
                     continue;
                 }
                 let Some(slot) = InboundSlot::take(&shared, remote.ip()) else {
                     Stats::bump(&shared.stats.tcp_refused);
-                    if shared.tcp.may_log() {
+                    if registry.may_log() {
                         tracing::warn!(event = "transport.tcp_per_ip", remote = %remote, max = shared.max_tcp_per_ip, "source has its share of TCP connections; closing");
                     }
                     continue;
@@ -157,7 +163,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    run_connection(shared, stream, remote).await;
+                    if transport == Transport::Tls {
+                        if let Some(tls) = accept_tls(&shared, stream, remote).await {
+                            run_connection(shared, tls, remote, None, transport).await;
+                        }
+                    } else {
+                        run_connection(shared, stream, remote, None, transport).await;
+                    }
                     drop(slot);
                 });
             }
@@ -169,45 +181,93 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn connect(shared: Arc<Shared>, to: Peer, first: Bytes, tx: Option<TxId>) {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to.addr)).await {
-        Ok(Ok(s)) => s,
+/// The TLS server handshake of an accepted connection, bounded in time; `None` (logged,
+/// counted) when it fails or no certificate is configured.
+async fn accept_tls(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = shared.tls.acceptor()?;
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
-            if shared.tcp.may_log() {
-                tracing::info!(event = "transport.connect_failed", to = %to, error = %e, "TCP connect failed");
-            }
-            if let Some(tx) = tx {
-                shared.send_failed(tx, to);
-            }
-            return;
+            handshake_failed(shared, remote, &e.to_string());
+            None
         }
         Err(_) => {
-            if shared.tcp.may_log() {
-                tracing::info!(event = "transport.connect_failed", to = %to, error = "timeout", "TCP connect timed out");
-            }
-            if let Some(tx) = tx {
-                shared.send_failed(tx, to);
-            }
-            return;
+            handshake_failed(shared, remote, "timeout");
+            None
         }
-    };
-    let _ = stream.set_nodelay(true);
-    run_connection_with(shared, stream, to.addr, Some(first)).await;
+    }
 }
 
-async fn run_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
-    run_connection_with(shared, stream, remote, None).await;
+fn handshake_failed(shared: &Shared, remote: SocketAddr, why: &str) {
+    Stats::bump(&shared.stats.tls_handshake_failed);
+    if shared.tls_conns.may_log() {
+        tracing::info!(event = "transport.tls_handshake_failed", remote = %remote, error = why, "TLS handshake failed");
+    }
+}
+
+/// Opens a connection to `to` (TCP, then the TLS handshake for a TLS peer) and sends
+/// `first`. A failure is reported to the core as undeliverable (the call fails over).
+async fn connect(shared: Arc<Shared>, to: Peer, first: Bytes, tx: Option<TxId>) {
+    let registry = shared.streams(to.transport);
+    let failed = |why: String| {
+        if registry.may_log() {
+            tracing::info!(event = "transport.connect_failed", to = %to, error = %why, "connect failed");
+        }
+        if let Some(tx) = tx {
+            shared.send_failed(tx, to);
+        }
+    };
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(_) => return failed("timeout".into()),
+    };
+    let _ = stream.set_nodelay(true);
+    if to.transport != Transport::Tls {
+        return run_connection(shared.clone(), stream, to.addr, Some(first), to.transport).await;
+    }
+    // The name the gateway's certificate must carry: its host as configured.
+    let host = shared
+        .config()
+        .carriers
+        .iter()
+        .flat_map(|c| c.gateways.iter())
+        .find(|g| g.transport == Transport::Tls && g.addr == to.addr)
+        .map_or_else(|| to.addr.ip().to_string(), |g| g.host.clone());
+    let Some(name) = super::tls::server_name(&host) else {
+        return failed(format!("`{host}` is not a name a certificate can carry"));
+    };
+    let handshake = shared.tls.connector().connect(name, stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(tls)) => run_connection(shared.clone(), tls, to.addr, Some(first), to.transport).await,
+        Ok(Err(e)) => {
+            Stats::bump(&shared.stats.tls_handshake_failed);
+            failed(format!("TLS: {e}"));
+        }
+        Err(_) => {
+            Stats::bump(&shared.stats.tls_handshake_failed);
+            failed("TLS handshake timed out".into());
+        }
+    }
 }
 
 /// One connection: a writer task fed by the registry, and this reader loop framing messages.
-async fn run_connection_with(
+async fn run_connection<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
     remote: SocketAddr,
     first: Option<Bytes>,
-) {
-    let (id, mut rx) = shared.tcp.register(remote);
-    let (mut reader, mut writer) = stream.into_split();
+    transport: Transport,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let registry = shared.streams(transport);
+    let (id, mut rx) = registry.register(remote);
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let writer_task = tokio::spawn(async move {
         if let Some(first) = first {
             if writer.write_all(&first).await.is_err() {
@@ -221,7 +281,7 @@ async fn run_connection_with(
         }
         let _ = writer.shutdown().await;
     });
-    let peer = Peer::tcp(remote, Some(id));
+    let peer = Peer::stream(transport, remote, Some(id));
     let mut buf = BytesMut::with_capacity(8192);
     // When the bytes of a message still incomplete began to arrive.
     let mut partial_since: Option<tokio::time::Instant> = None;
@@ -251,7 +311,7 @@ async fn run_connection_with(
                 Ok(Frame::KeepAlive { consumed, pong }) => {
                     let _ = buf.split_to(consumed);
                     if pong {
-                        if let Some(s) = shared.tcp.conns.get(&id) {
+                        if let Some(s) = registry.conns.get(&id) {
                             let _ = s.try_send(Bytes::from_static(b"\r\n"));
                         }
                     }
@@ -263,8 +323,8 @@ async fn run_connection_with(
                 }
                 Err(e) => {
                     // A stream cannot be resynchronised after a framing error: close it.
-                    Stats::bump(&shared.stats.malformed_tcp);
-                    if shared.tcp.may_log() {
+                    shared.stats.malformed(transport);
+                    if registry.may_log() {
                         tracing::warn!(event = "transport.tcp_framing", remote = %remote, error = %e, "closing connection");
                     }
                     break 'read;
@@ -272,6 +332,6 @@ async fn run_connection_with(
             }
         }
     }
-    shared.tcp.unregister(id, remote);
+    registry.unregister(id, remote);
     drop(writer_task); // finishes once the queued messages are written
 }

@@ -127,7 +127,7 @@ impl Endpoint {
             Transport::Udp => {
                 self.udp.as_ref().unwrap().send_to(data, to).await.unwrap();
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 self.accept_if_needed().await;
                 self.tcp.as_mut().unwrap().write_all(data).await.unwrap();
             }
@@ -154,7 +154,7 @@ impl Endpoint {
                     .ok()?;
                 Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 if self.tcp.is_none() {
                     let l = self.tcp_listener.as_ref()?;
                     let (s, _) = tokio::time::timeout(wait, l.accept()).await.ok()?.ok()?;
