@@ -39,7 +39,31 @@ pub fn init(format: LogFormat, level: &str) -> Option<LogGuard> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init().is_ok(),
-        LogFormat::Pretty => builder.compact().try_init().is_ok(),
+        LogFormat::Pretty => builder.compact().with_ansi(colours()).try_init().is_ok(),
     };
     installed.then_some(LogGuard { _worker: worker, dropped })
+}
+
+/// ANSI colours only where a person reads them: stderr is a terminal and `NO_COLOR`
+/// (no-color.org) is unset or empty. Files, pipes and journald get plain text.
+fn colours() -> bool {
+    use std::io::IsTerminal;
+    wants_colours(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref())
+}
+
+fn wants_colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(wants_colours(true, None));
+        assert!(wants_colours(true, Some(std::ffi::OsStr::new(""))));
+        assert!(!wants_colours(true, Some(std::ffi::OsStr::new("1"))));
+        assert!(!wants_colours(false, None), "a file or a pipe");
+    }
 }

@@ -102,3 +102,32 @@ fn run_logs_json_and_drains_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("\"server.stopped\"")), "{rest:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The human format written to a pipe (a file, journald) carries no ANSI colour codes.
+#[test]
+fn pretty_logs_into_a_pipe_have_no_colour_codes() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("sluice-pretty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pretty.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nlisten = [\"udp://127.0.0.1:{port}\"]\ndrain_seconds = 1\n[log]\nformat = \"pretty\"\nlevel = \"info\"\n[[carrier]]\nname = \"a\"\ngateways = [\"udp://127.0.0.1:9\"]\n[[route]]\nprefix = \"\"\ncarriers = [\"a\"]\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(first.contains("server.listening"), "{first}");
+    assert!(!first.contains('\u{1b}'), "no escape codes in a pipe: {first:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
