@@ -12,6 +12,7 @@ pub mod limit;
 pub mod logging;
 pub mod peer;
 pub mod proxy;
+pub mod records;
 pub mod server;
 pub mod sip;
 pub mod stats;

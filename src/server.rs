@@ -30,6 +30,9 @@ pub enum ServerError {
     /// The TLS certificates could not be used (changed since the config was checked).
     #[error("TLS: {0}")]
     Tls(#[from] transport::tls::TlsError),
+    /// The call records file could not be opened.
+    #[error("cannot open the call records file {path}: {source}")]
+    Records { path: String, source: std::io::Error },
 }
 
 /// A bound, not yet running proxy.
@@ -40,6 +43,7 @@ pub struct Server {
     tcp: Vec<(TcpListener, Transport)>,
     admin: Option<TcpListener>,
     tls: transport::tls::Tls,
+    records: Option<Arc<crate::records::Records>>,
 }
 
 /// A running proxy: its addresses and a handle to stop it.
@@ -128,7 +132,14 @@ impl Server {
             None => None,
         };
         let tls = transport::tls::Tls::new(&config)?;
-        Ok(Self { config: Arc::new(config), udp, tcp, admin, tls })
+        let records = match &config.records {
+            Some((path, format)) => Some(Arc::new(
+                crate::records::Records::open(path, *format)
+                    .map_err(|source| ServerError::Records { path: path.display().to_string(), source })?,
+            )),
+            None => None,
+        };
+        Ok(Self { config: Arc::new(config), udp, tcp, admin, tls, records })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -159,7 +170,8 @@ impl Server {
             None => limits.clone(),
         };
         let usage = Arc::new(Mutex::new(load_usage(&self.config)));
-        let node = Node::with_usage(self.config.clone(), stats.clone(), seed, store.clone(), usage.clone());
+        let node = Node::with_usage(self.config.clone(), stats.clone(), seed, store.clone(), usage.clone())
+            .with_records(self.records.clone());
         let shards = node.shard_count();
         let shared = Arc::new(Shared {
             node,

@@ -139,6 +139,27 @@ fn build(admin: &Admin) -> Option<String> {
     .ok()?;
     dropped.with_label_values(&[] as &[&str]).inc_by(get(&stats.flood_dropped));
     registry.register(Box::new(dropped)).ok()?;
+    let records = IntCounterVec::new(
+        Opts::new(
+            "sluice_call_records_dropped_total",
+            "Call records not written: the records file could not keep up.",
+        ),
+        &[] as &[&str],
+    )
+    .ok()?;
+    let lost = admin.shared.node.records().map_or(0, |r| r.dropped());
+    records.with_label_values(&[] as &[&str]).inc_by(lost);
+    registry.register(Box::new(records)).ok()?;
+    let tls = IntCounterVec::new(
+        Opts::new(
+            "sluice_tls_handshake_failures_total",
+            "TLS handshakes that failed (clients, and gateways whose certificates were not trusted).",
+        ),
+        &[] as &[&str],
+    )
+    .ok()?;
+    tls.with_label_values(&[] as &[&str]).inc_by(get(&stats.tls_handshake_failed));
+    registry.register(Box::new(tls)).ok()?;
     let blocked = IntGauge::new("sluice_flood_blocked", "Source IPs blocked now.").ok()?;
     blocked.set(get(&stats.flood_blocked) as i64);
     registry.register(Box::new(blocked)).ok()?;

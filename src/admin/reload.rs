@@ -38,6 +38,10 @@ pub fn reload(shared: &Shared) -> Result<Vec<String>, Vec<String>> {
     if next.usage != current.usage {
         summary.push("[usage] changed: restart sluice to apply it".to_string());
     }
+    if next.records != current.records {
+        summary
+            .push("[records] changed: restart sluice to apply it (the file is reopened by name)".to_string());
+    }
     // The sockets stay as bound: keep their real addresses (port 0 resolved).
     next.listen.clone_from(&current.listen);
     summary.push(format!(

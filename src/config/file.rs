@@ -28,6 +28,25 @@ pub(crate) struct File {
     pub(crate) cluster: Option<Cluster>,
     pub(crate) auth: Option<Auth>,
     pub(crate) flood: Option<Flood>,
+    pub(crate) records: Option<Records>,
+}
+
+/// Added: the call records file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Records {
+    pub(crate) file: PathBuf,
+    #[serde(default)]
+    pub(crate) format: RecordFormat,
+}
+
+/// One JSON object per line, or CSV with a header line.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    #[default]
+    Jsonl,
+    Csv,
 }
 
 #[derive(Debug, Deserialize)]

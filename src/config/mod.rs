@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{AuthRequire, LogFormat, Mode, OnFailure, Pair};
+pub use file::{AuthRequire, LogFormat, Mode, OnFailure, Pair, RecordFormat};
 use ipnet::IpNet;
 use locate::Seg;
 
@@ -283,6 +283,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     pub auth: Option<Auth>,
     pub flood: Option<Flood>,
+    /// The call records file and its format (`[records]`, added by sluice).
+    pub records: Option<(PathBuf, RecordFormat)>,
     /// Bearer token the admin API requires on every path but GET /health; `None`: no token.
     pub admin_token: Option<String>,
 }
@@ -731,6 +733,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         cluster,
         auth,
         flood,
+        records: raw.records.as_ref().map(|r| (r.file.clone(), r.format)),
         admin_token,
     }
 }

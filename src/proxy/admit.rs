@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::dialog::CallKey;
 use super::pending::{CallContext, PendingCall};
+use super::record::{CallRecord, Disposition, Outcome};
 use super::refused::Refused;
 use super::timer::{LINGER, Timer};
 use super::transaction::{Target, TxId};
@@ -27,8 +28,9 @@ use crate::stats::Stats;
 
 impl Proxy {
     /// Admits a new call under its plan. On success returns the targets (the admitted gateway
-    /// first, then the later ones for failover) and the reservation. Otherwise the call waits
-    /// in the spike buffer (`queue_ms`) or is refused; either way `None`.
+    /// first, then the later ones for failover), the reservation and the call's record.
+    /// Otherwise the call waits in the spike buffer (`queue_ms`) or is refused; either way
+    /// `None`.
     pub(super) fn admit(
         &mut self,
         now: Instant,
@@ -37,7 +39,7 @@ impl Proxy {
         msg: &Message<'_>,
         out: &mut Vec<Action>,
         key: Vec<u8>,
-    ) -> Option<(Vec<Target>, Reservation)> {
+    ) -> Option<(Vec<Target>, Reservation, Box<CallRecord>)> {
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let count_cps = !self.take_challenge(ctx.call_id, from_tag);
         if self.limiter.asynchronous() {
@@ -56,8 +58,9 @@ impl Proxy {
         }
         match self.try_admit(now, &plan, count_cps) {
             Ok((i, reservation)) => {
-                self.on_admitted(now, &plan, ctx, i, count_cps, None, reservation.would_reject());
-                Some((targets_from(&plan, i), reservation))
+                let record =
+                    self.on_admitted(now, now, &plan, ctx, i, count_cps, None, reservation.would_reject());
+                Some((targets_from(&plan, i), reservation, record))
             }
             Err(rejection) => {
                 let rejection =
@@ -82,18 +85,20 @@ impl Proxy {
     }
 
     /// Counts, records usage and logs an admission (`waited`: time spent in the buffer;
-    /// `would_reject`: shadow limits it went over).
+    /// `would_reject`: shadow limits it went over). Returns the call's record (it arrived at
+    /// `arrived`).
     #[allow(clippy::too_many_arguments)]
     fn on_admitted(
         &mut self,
         now: Instant,
+        arrived: Instant,
         plan: &CallPlan,
         ctx: &CallContext<'_>,
         i: usize,
         counted: bool,
         waited: Option<Duration>,
         would_reject: &[Rejection],
-    ) {
+    ) -> Box<CallRecord> {
         Stats::bump(&self.stats.calls_admitted);
         for hit in would_reject {
             self.stats.shadow_hit(&hit.key, hit.kind);
@@ -117,6 +122,9 @@ impl Proxy {
         }
         let decision = Decision { chosen: Some(i), decision: "admitted", rejection: None, would_reject };
         self.log_decision(now, ctx, plan, decision, counted, waited);
+        let mut record = call_record(ctx, plan, Some(i), arrived);
+        record.admitted = Some(now);
+        Box::new(record)
     }
 
     /// Puts a refused call in the spike buffer when that is allowed and can succeed: the
@@ -311,13 +319,14 @@ impl Proxy {
         let (request, source, call_id) = (tx.request.clone(), tx.source, tx.call_id.clone());
         let ctx = p.context(&call_id, source);
         let waited = from_queue.then(|| now.saturating_duration_since(p.since));
-        self.on_admitted(now, &p.plan, &ctx, i, p.count_cps, waited, reservation.would_reject());
+        let record =
+            self.on_admitted(now, p.since, &p.plan, &ctx, i, p.count_cps, waited, reservation.would_reject());
         let Ok(msg) = crate::sip::parse(&request) else {
             self.limiter.release(now, reservation);
             return;
         };
         let call = CallKey::new(&call_id, &p.from_tag);
-        self.open_call(now, call, &p.from_tag, source, source, reservation);
+        self.open_call(now, call, &p.from_tag, source, reservation, record);
         if !self.next_branch(now, id, &msg, out) {
             if let Some(tx) = self.txs.get_mut(&id) {
                 tx.failure = super::transaction::Failure::Unreachable;
@@ -342,6 +351,7 @@ impl Proxy {
         let waited = now.saturating_duration_since(p.since);
         let logged = Decision::refused(decision, &p.rejection);
         self.log_decision(now, &ctx, &p.plan, logged, p.count_cps, Some(waited));
+        self.record_refusal(now, &ctx, &p.plan, &p.rejection, status, p.since);
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         self.final_answer(now, id, status, &reason, &extra, out);
     }
@@ -424,6 +434,7 @@ impl Proxy {
         let (status, reason, header, value) = self.refusal_answer(rejection);
         let decision = if status == 302 { "redirected" } else { "rejected" };
         self.log_decision(now, ctx, plan, Decision::refused(decision, rejection), true, None);
+        self.record_refusal(now, ctx, plan, rejection, status, now);
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         if self.under_pressure() {
             // No transaction: the answer is a function of the request, and the table above
@@ -478,6 +489,22 @@ impl Proxy {
         };
         self.timers.cancel(timer);
         true
+    }
+
+    /// The record of a call a limit turned away: written at once (it has no dialog).
+    fn record_refusal(
+        &self,
+        now: Instant,
+        ctx: &CallContext<'_>,
+        plan: &CallPlan,
+        rejection: &Rejection,
+        status: u16,
+        arrived: Instant,
+    ) {
+        let record = call_record(ctx, plan, None, arrived);
+        let limit = would_reject_text(std::slice::from_ref(rejection));
+        let outcome = Outcome { disposition: Disposition::Refused, status, limit: &limit, hung_up: None };
+        self.write_record(now, &record, &outcome);
     }
 
     /// Takes a parked call's admission state (it is admitted, refused or cancelled now).
@@ -547,6 +574,34 @@ impl Proxy {
             wait_ms = waited.map_or(0, |w| w.as_millis() as u64),
             "admission decision"
         );
+    }
+}
+
+/// What a call's record starts with: who called what, and where it was sent (candidate
+/// `chosen`). Names are the plan's own (shared, not copied).
+fn call_record(
+    ctx: &CallContext<'_>,
+    plan: &CallPlan,
+    chosen: Option<usize>,
+    arrived: Instant,
+) -> CallRecord {
+    let text = |d: &Demand| match &d.key.name {
+        crate::limit::KeyName::Text(t) => Some(t.clone()),
+        _ => None,
+    };
+    let customer = plan.common.iter().find(|d| d.key.scope == Scope::Customer).and_then(text);
+    let candidate = chosen.and_then(|i| plan.candidates.get(i));
+    CallRecord {
+        call_id: Bytes::copy_from_slice(ctx.call_id),
+        customer: if ctx.customer.is_some() { customer } else { None },
+        source: ctx.source.addr.ip(),
+        user: Bytes::copy_from_slice(ctx.user.unwrap_or_default()),
+        number: Bytes::copy_from_slice(ctx.number),
+        carrier: candidate.and_then(|c| text(&c.demands[0])),
+        gateway: candidate.and_then(|c| text(&c.demands[1])),
+        arrived,
+        admitted: None,
+        answered: None,
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::Proxy;
 use super::dialog::{CallKey, Dialog, Direction, KeyBytes, Phase};
+use super::record::{CallRecord, Disposition, HungUp, Outcome};
 use super::timer::{LINGER, Timer};
 use crate::limit::Reservation;
 use crate::peer::Peer;
@@ -18,8 +19,9 @@ use crate::peer::Peer;
 /// Why a call's record is going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CallEnd {
-    /// A final non-2xx answer (busy, rejected, cancelled, timed out).
-    Failed,
+    /// A final non-2xx answer (busy, rejected, cancelled, timed out): its status, and
+    /// whether the caller had cancelled.
+    Failed { status: u16, cancelled: bool },
     /// The BYE's linger ran out.
     Hangup,
     /// `max_call_seconds` passed with no BYE seen.
@@ -27,16 +29,17 @@ pub(super) enum CallEnd {
 }
 
 impl Proxy {
-    /// Starts tracking an admitted call. The caller checked with [`Proxy::call_in_use`] that
-    /// no live call has this key; a record still lingering after its BYE is replaced.
+    /// Starts tracking an admitted call (its callee is learnt from the answer). The caller
+    /// checked with [`Proxy::call_in_use`] that no live call has this key; a record still
+    /// lingering after its BYE is replaced.
     pub(super) fn open_call(
         &mut self,
         now: Instant,
         call: CallKey,
         caller_tag: &[u8],
         caller: Peer,
-        callee: Peer,
         reservation: Reservation,
+        record: Box<CallRecord>,
     ) {
         if self.dialogs.contains_key(&call) {
             self.drop_call(now, &call, CallEnd::Hangup);
@@ -47,13 +50,14 @@ impl Proxy {
             caller_tag: Bytes::copy_from_slice(caller_tag),
             callee_tag: None,
             caller,
-            callee,
+            callee: caller,
             phase: Phase::Early,
             expiry,
             deadline,
             reservation: Some(reservation),
             teardown: None,
             ack_wait: None,
+            record: Some(record),
         };
         self.dialogs.insert(call, dialog);
     }
@@ -78,12 +82,21 @@ impl Proxy {
         self.parked.contains_key(call) || self.dialogs.get(call).is_some_and(|d| d.phase != Phase::Ending)
     }
 
-    pub(super) fn confirm_call(&mut self, call: &CallKey, to_tag: Option<Bytes>, callee: Option<Peer>) {
+    pub(super) fn confirm_call(
+        &mut self,
+        now: Instant,
+        call: &CallKey,
+        to_tag: Option<Bytes>,
+        callee: Option<Peer>,
+    ) {
         let Some(d) = self.dialogs.get_mut(call) else { return };
         if d.phase != Phase::Early {
             return;
         }
         d.phase = Phase::Confirmed;
+        if let Some(r) = d.record.as_mut() {
+            r.answered = Some(now);
+        }
         d.callee_tag = to_tag;
         if let Some(c) = callee {
             d.callee = c;
@@ -107,9 +120,9 @@ impl Proxy {
         self.timers.cancel(old);
     }
 
-    /// A BYE was seen: the channels are free now; the record stays for the BYE's
-    /// transaction, then goes.
-    pub(super) fn hangup_call(&mut self, now: Instant, call: &CallKey) {
+    /// A BYE was seen (sent by `by`): the channels are free now and the call's record is
+    /// written; the dialog stays for the BYE's transaction, then goes.
+    pub(super) fn hangup_call(&mut self, now: Instant, call: &CallKey, by: HungUp) {
         let Some(d) = self.dialogs.get_mut(call) else { return };
         if d.phase == Phase::Ending {
             return;
@@ -118,9 +131,20 @@ impl Proxy {
         if let Some(r) = d.reservation.take() {
             self.limiter.release(now, r);
         }
+        let record = d.record.take();
         let old = d.expiry;
         d.expiry = self.timers.at(now + LINGER, Timer::DialogExpiry(call.clone()));
         self.timers.cancel(old);
+        if let Some(record) = record {
+            // A BYE before any answer (an early dialog) is the caller giving up.
+            let outcome = match record.answered {
+                Some(_) => {
+                    Outcome { disposition: Disposition::Answered, status: 200, limit: "", hung_up: Some(by) }
+                }
+                None => Outcome { disposition: Disposition::Cancelled, status: 0, limit: "", hung_up: None },
+            };
+            self.write_record(now, &record, &outcome);
+        }
     }
 
     /// The one exit of a call record; releases its channels if the BYE did not already.
@@ -133,7 +157,33 @@ impl Proxy {
             if let Some(r) = d.reservation {
                 self.limiter.release(now, r);
             }
+            if let Some(record) = d.record {
+                let outcome = match (why, record.answered) {
+                    (CallEnd::Failed { status, cancelled }, _) => Outcome {
+                        disposition: Disposition::of_failure(status, cancelled),
+                        status,
+                        limit: "",
+                        hung_up: None,
+                    },
+                    (_, Some(_)) => Outcome {
+                        disposition: Disposition::Answered,
+                        status: 200,
+                        limit: "",
+                        hung_up: Some(HungUp::Timeout),
+                    },
+                    (_, None) => {
+                        Outcome { disposition: Disposition::Failed, status: 0, limit: "", hung_up: None }
+                    }
+                };
+                self.write_record(now, &record, &outcome);
+            }
             tracing::debug!(event = "call.closed", call_id = %String::from_utf8_lossy(call.call_id()), reason = ?why, "call record dropped");
         }
+    }
+
+    /// Writes a finished call's record (log event and records file).
+    pub(super) fn write_record(&self, now: Instant, record: &CallRecord, outcome: &Outcome<'_>) {
+        let ended = record.finish(now, std::time::SystemTime::now(), outcome);
+        super::record::write(&ended, self.records.as_deref());
     }
 }

@@ -34,6 +34,8 @@ pub struct Dialog {
     /// and the timer that sends them (64*T1).
     pub teardown: Option<Box<Teardown>>,
     pub ack_wait: Option<super::timer::TimerKey>,
+    /// The call's record, written (and taken) once when the call ends.
+    pub record: Option<Box<super::record::CallRecord>>,
 }
 
 /// What the BYEs that end an unacknowledged call are built from: the caller's INVITE and

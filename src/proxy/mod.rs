@@ -18,6 +18,7 @@ pub mod ids;
 pub mod node;
 mod pending;
 pub(crate) mod ratelog;
+pub mod record;
 pub mod refused;
 mod request;
 mod response;
@@ -131,6 +132,8 @@ pub struct Proxy {
     backoff: Arc<waitroom::Backoff>,
     /// Per-minute peak CPS of admitted calls (server, customers, carriers), for billing.
     usage: Arc<parking_lot::Mutex<UsageTracker>>,
+    /// The call records file, if configured (records also go to the log).
+    records: Option<Arc<crate::records::Records>>,
 }
 
 /// What every shard of a node shares: node-wide beliefs and the spike buffer.
@@ -141,6 +144,7 @@ pub(crate) struct Common {
     pub waitroom: Arc<waitroom::Waitroom>,
     pub backoff: Arc<waitroom::Backoff>,
     pub usage: Arc<parking_lot::Mutex<UsageTracker>>,
+    pub records: Option<Arc<crate::records::Records>>,
     /// Keys branches and tags; one for the node, so any shard recognises its own loops.
     pub seed: u64,
 }
@@ -161,6 +165,7 @@ impl Proxy {
             room_wake: None,
             backoff: shared.backoff.clone(),
             usage: shared.usage.clone(),
+            records: shared.records.clone(),
             me: Identity::new(&config),
             auth: config.auth.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
             config,

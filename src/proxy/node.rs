@@ -96,6 +96,7 @@ impl Node {
             stats,
             limiter,
             usage,
+            records: None,
             seed,
         };
         let count = config.worker_threads().saturating_mul(SHARDS_PER_WORKER).clamp(1, 1 << 15);
@@ -109,6 +110,20 @@ impl Node {
             screen: ArcSwapOption::new(screen(&config)),
             config: ArcSwap::new(config),
         }
+    }
+
+    /// Writes call records to `records` as well as to the log.
+    pub fn with_records(mut self, records: Option<Arc<crate::records::Records>>) -> Self {
+        for shard in &mut self.shards {
+            shard.get_mut().records.clone_from(&records);
+        }
+        self.common.records = records;
+        self
+    }
+
+    /// The call records file, if any (reopened on reload).
+    pub fn records(&self) -> Option<&Arc<crate::records::Records>> {
+        self.common.records.as_ref()
     }
 
     pub fn shard_count(&self) -> usize {

@@ -245,14 +245,14 @@ impl Proxy {
             return;
         }
         let ctx = CallContext { call_id, source, customer, user, number };
-        let Some((targets, reservation)) = self.admit(now, plan, &ctx, msg, out, key.clone()) else {
+        let Some((targets, reservation, record)) = self.admit(now, plan, &ctx, msg, out, key.clone()) else {
             return;
         };
         // The call record first, so every way the transaction can end (even at once, when
         // no target is left) ends the call and releases its channels.
-        self.open_call(now, call.clone(), from_tag, source, source, reservation);
+        self.open_call(now, call.clone(), from_tag, source, reservation, record);
         if self.open_tx(now, source, msg, key, targets, true, out).is_none() {
-            self.drop_call(now, &call, super::call::CallEnd::Failed);
+            self.drop_call(now, &call, super::call::CallEnd::Failed { status: 0, cancelled: false });
         }
     }
 
@@ -281,7 +281,11 @@ impl Proxy {
             Direction::ToCaller => dialog.caller,
         };
         if method == Method::Bye {
-            self.hangup_call(now, &call);
+            let by = match direction {
+                Direction::ToCallee => super::record::HungUp::Caller,
+                Direction::ToCaller => super::record::HungUp::Callee,
+            };
+            self.hangup_call(now, &call, by);
             tracing::debug!(event = "call.hangup", call_id = %String::from_utf8_lossy(call_id), by = ?direction, "BYE");
         }
         if let Some(id) = self.open_tx(now, source, msg, key, vec![Target::plain(target)], false, out) {

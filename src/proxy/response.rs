@@ -172,7 +172,7 @@ impl Proxy {
             if let Some(call) = call {
                 if creates_dialog {
                     let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
-                    self.confirm_call(&call, to_tag, branch.as_ref().map(|b| b.target));
+                    self.confirm_call(now, &call, to_tag, branch.as_ref().map(|b| b.target));
                     self.expect_ack(now, &call, request, data.clone());
                 }
                 if creates_dialog || refreshes {
@@ -271,7 +271,7 @@ impl Proxy {
         tx.last_response = Some(data.clone());
         tx.request = Bytes::new();
         let to = tx.reply_to;
-        let (is_invite, creates_dialog) = (tx.is_invite, tx.creates_dialog);
+        let (is_invite, creates_dialog, cancelled) = (tx.is_invite, tx.creates_dialog, tx.cancelled);
         let call = tx.call.clone();
         if is_invite && to.transport == Transport::Udp {
             tx.final_interval = T1;
@@ -283,7 +283,9 @@ impl Proxy {
         if let Some(call) =
             call.filter(|c| creates_dialog && self.dialogs.get(c).is_some_and(|d| d.phase == Phase::Early))
         {
-            self.drop_call(now, &call, CallEnd::Failed);
+            // "SIP/2.0 NNN ...": the status the caller got.
+            let status = data.get(8..11).and_then(crate::sip::lex::parse_u32).map_or(0, |s| s as u16);
+            self.drop_call(now, &call, CallEnd::Failed { status, cancelled });
         }
         self.send(out, to, data, None, false);
     }

@@ -69,14 +69,14 @@ impl Proxy {
             return;
         }
         let (caller, callee) = (d.caller, d.callee);
-        self.hangup_call(now, call);
+        self.hangup_call(now, call, super::record::HungUp::Proxy);
         let byes = match (crate::sip::parse(&t.invite), crate::sip::parse(&t.ok)) {
             (Ok(invite), Ok(ok)) => self.byes(&invite, &ok, caller, callee),
             _ => None,
         };
         Stats::bump(&self.stats.calls_unacked);
         if self.events.allow(now) {
-            tracing::info!(event = "call.ended", call_id = %String::from_utf8_lossy(call.call_id()), disposition = "no_ack", "2xx never acknowledged within 64*T1: channels released, BYE to both sides");
+            tracing::info!(event = "call.no_ack", call_id = %String::from_utf8_lossy(call.call_id()), disposition = "no_ack", "2xx never acknowledged within 64*T1: channels released, BYE to both sides");
         }
         if let Some(b) = byes {
             self.send_own(now, callee, b.to_callee, out);

@@ -118,6 +118,9 @@ impl Shared {
     /// TLS certificates are read again for new connections.
     pub fn swap_config(&self, next: Arc<crate::config::Config>) {
         self.tls.reload(&next.tls);
+        if let Some(records) = self.node.records() {
+            records.reopen();
+        }
         self.node.reload(next);
     }
 
