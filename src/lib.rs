@@ -16,6 +16,7 @@ pub mod records;
 pub mod server;
 pub mod sip;
 pub mod stats;
+pub mod systemd;
 pub mod top;
 pub mod transport;
 pub mod usage;

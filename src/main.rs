@@ -133,7 +133,12 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         let drain = config.drain;
         let server = Server::bind(config).await?;
         let running = server.start(CancellationToken::new());
+        if let Some(every) = sluice::systemd::watchdog_interval() {
+            tokio::spawn(sluice::systemd::watchdog(running.shared.clone(), every));
+        }
+        sluice::systemd::ready(running.shared.node.active_calls());
         wait_for_signals(&running).await?;
+        sluice::systemd::stopping();
         running.drain_and_stop(drain).await;
         if let Some(dropped) = logs.as_ref().map(sluice::logging::LogGuard::dropped).filter(|n| *n > 0) {
             eprintln!("sluice: {dropped} log lines were dropped because the log writer could not keep up");
@@ -153,9 +158,11 @@ async fn wait_for_signals(running: &sluice::server::Running) -> anyhow::Result<(
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
+                sluice::systemd::reloading();
                 if let Err(errors) = sluice::admin::reload::reload(&running.shared) {
                     tracing::error!(event = "config.reload_failed", errors = ?errors, "reload refused; the running configuration stays");
                 }
+                sluice::systemd::ready(running.shared.node.active_calls());
             }
         }
     }

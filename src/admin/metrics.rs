@@ -188,7 +188,59 @@ fn build(admin: &Admin) -> Option<String> {
     cluster_up.set(i64::from(admin.shared.store.healthy()));
     registry.register(Box::new(cluster_up)).ok()?;
 
+    configured_limits(&registry, &admin.shared.config())?;
+    let gateway_up = gauge(
+        &registry,
+        "sluice_gateway_up",
+        "0 while a gateway's last request went unanswered (timeout, unreachable), else 1.",
+        &["carrier", "gateway"],
+    )?;
+    for c in &admin.shared.config().carriers {
+        for g in &c.gateways {
+            let up = !stats.gateways_down.contains_key(&g.addr);
+            gateway_up.with_label_values(&[c.name.as_str(), g.uri.as_str()]).set(i64::from(up));
+        }
+    }
+
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out).ok()?;
     String::from_utf8(out).ok()
+}
+
+/// `sluice_limit{scope,name,kind}`: every configured limit, so dashboards and alerts can put
+/// `sluice_cps` / `sluice_active_calls` next to (or divide by) what they may reach.
+fn configured_limits(registry: &Registry, config: &crate::config::Config) -> Option<()> {
+    let limit = gauge(
+        registry,
+        "sluice_limit",
+        "Configured limits (kind = cps, cpm, channels); absent = unlimited.",
+        &["scope", "name", "kind"],
+    )?;
+    let set = |scope: &str, name: &str, p: &crate::config::Pair| {
+        for (kind, value) in [("cps", p.cps), ("cpm", p.cpm), ("channels", p.channels)] {
+            if let Some(v) = value {
+                limit.with_label_values(&[scope, name, kind]).set(i64::from(v));
+            }
+        }
+    };
+    set("server", "", &config.limits.limits);
+    for c in &config.customers {
+        set("customer", &c.name, &c.limits);
+        for r in c.routes.iter().flat_map(|t| t.routes.iter()) {
+            set("route", &format!("{}/{}", c.name, r.prefix), &r.limits);
+        }
+    }
+    for r in &config.routes.routes {
+        set("route", &r.prefix, &r.limits);
+    }
+    for c in &config.carriers {
+        set("carrier", &c.name, &c.limits);
+        for g in &c.gateways {
+            set("gateway", &g.uri, &c.gateway_limits);
+        }
+    }
+    for d in &config.dids {
+        set("did", &d.number, &d.limits);
+    }
+    Some(())
 }
