@@ -44,6 +44,7 @@ pub struct Server {
     admin: Option<TcpListener>,
     tls: transport::tls::Tls,
     records: Option<Arc<crate::records::Records>>,
+    dns: Arc<transport::dns::Dns>,
 }
 
 /// A running proxy: its addresses and a handle to stop it.
@@ -139,7 +140,10 @@ impl Server {
             )),
             None => None,
         };
-        Ok(Self { config: Arc::new(config), udp, tcp, admin, tls, records })
+        // DNS gateways get their first targets before any call is served.
+        let dns = Arc::new(transport::dns::Dns::new(Arc::new(config)));
+        let config = dns.start().await;
+        Ok(Self { config, udp, tcp, admin, tls, records, dns })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -184,6 +188,7 @@ impl Server {
             tcp: transport::tcp::Registry::default(),
             tls_conns: transport::tcp::Registry::default(),
             tls: self.tls,
+            dns: self.dns.clone(),
             shutdown,
             max_message: self.config.max_message_bytes,
             max_tcp_per_ip: self.config.max_tcp_per_ip,
@@ -203,6 +208,7 @@ impl Server {
             tasks.spawn(shared.clone().run_shard_timers(k));
         }
         tasks.spawn(shared.clone().run_waitroom());
+        tasks.spawn(self.dns.clone().run(shared.clone()));
         for l in &self.config.listen {
             tracing::info!(event = "server.listening", transport = l.transport.scheme(), addr = %l.addr, "listening");
         }

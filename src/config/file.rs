@@ -78,6 +78,9 @@ pub(crate) struct Server {
     /// Added: PEM CA certificates that TLS gateways' certificates must chain to (absent:
     /// the system's roots).
     pub(crate) tls_ca: Option<PathBuf>,
+    /// Added: name servers for DNS gateways (HOST:PORT); absent: /etc/resolv.conf.
+    #[serde(default)]
+    pub(crate) dns: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -86,9 +86,37 @@ pub struct TlsFiles {
     pub ca: Option<PathBuf>,
 }
 
+/// A gateway written as a SIP URI (`sip:carrier.example.net`, `sips:...`, with an optional
+/// port and `;transport=`), found through DNS per RFC 3263 and re-resolved when its
+/// records' TTL ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsGateway {
+    /// As written.
+    pub uri: String,
+    pub host: String,
+    pub port: Option<u16>,
+    /// `sips:`: TLS only.
+    pub secure: bool,
+    /// `;transport=` when given.
+    pub transport: Option<Transport>,
+}
+
+/// One entry of a carrier's `gateways` list, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewaySource {
+    /// `udp://` / `tcp://` / `tls://` HOST:PORT: resolved once, at load.
+    Fixed(Gateway),
+    /// A SIP URI: its targets come from DNS.
+    Dns(DnsGateway),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Carrier {
     pub name: String,
+    /// The gateways as configured.
+    pub sources: Vec<GatewaySource>,
+    /// The gateways calls are sent to, in order: the fixed ones, and for each DNS one the
+    /// targets it resolves to now (none before its first answer, or when it has none).
     pub gateways: Vec<Gateway>,
     pub limits: Pair,
     pub gateway_limits: Pair,
@@ -271,6 +299,8 @@ pub struct Config {
     /// [`Config::worker_threads`].
     pub workers: u32,
     pub tls: TlsFiles,
+    /// Name servers for DNS gateways (`[server] dns`); empty: the system's.
+    pub dns: Vec<SocketAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub carriers: Vec<Carrier>,
@@ -442,6 +472,13 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
     }
     at_most(e, &[Key("server"), Key("workers")], u64::from(raw.server.workers), u64::from(bounds::WORKERS));
     let tls = tls_files(&raw.server, &listen, e);
+    let mut dns = Vec::new();
+    for (i, text) in raw.server.dns.iter().enumerate() {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => dns.push(a),
+            Err(_) => e.push(&[Key("server"), Key("dns"), Index(i)], format!("`{text}` is not IP:PORT")),
+        }
+    }
     if !(1..=bounds::MAX_CALL_SECONDS).contains(&raw.limits.max_call_seconds) {
         e.push(
             &[Key("limits"), Key("max_call_seconds")],
@@ -482,8 +519,25 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
             e.push(&[Key("carrier"), Index(ci), Key("gateways")], "a carrier needs at least one gateway");
         }
         let mut gateways = Vec::new();
+        let mut sources = Vec::new();
         for (gi, text) in c.gateways.iter().enumerate() {
             let path = [Key("carrier"), Index(ci), Key("gateways"), Index(gi)];
+            if text.starts_with("sip:") || text.starts_with("sips:") {
+                match dns_gateway(text) {
+                    Ok(g) => {
+                        let wanted = match (g.secure, g.transport) {
+                            (true, _) => Some(Transport::Tls),
+                            (false, t) => t,
+                        };
+                        if let Some(t) = wanted.filter(|t| !listen.iter().any(|l| l.transport == *t)) {
+                            e.push(&path, format!("no {} listener to reach `{text}`", t.scheme()));
+                        }
+                        sources.push(GatewaySource::Dns(g));
+                    }
+                    Err(msg) => e.push(&path, msg),
+                }
+                continue;
+            }
             match parse_endpoint(text) {
                 Ok((transport, addr)) => {
                     if !listen.iter().any(|l| l.transport == transport && l.addr.is_ipv4() == addr.is_ipv4())
@@ -497,7 +551,9 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
                         );
                     }
                     let host = crate::peer::endpoint_host(text).to_string();
-                    gateways.push(Gateway { transport, addr, uri: text.clone(), host });
+                    let gateway = Gateway { transport, addr, uri: text.clone(), host };
+                    sources.push(GatewaySource::Fixed(gateway.clone()));
+                    gateways.push(gateway);
                 }
                 Err(msg) => e.push(&path, msg),
             }
@@ -514,6 +570,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         }
         carriers.push(Carrier {
             name: c.name.clone(),
+            sources,
             gateways,
             limits,
             gateway_limits,
@@ -705,6 +762,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         max_tcp_per_ip: raw.server.max_tcp_per_ip,
         workers: raw.server.workers,
         tls,
+        dns,
         log_format: raw.log.format,
         log_level: raw.log.level.clone(),
         carriers,
@@ -807,6 +865,49 @@ fn tls_files(server: &file::Server, listen: &[Listener], e: &mut Errors<'_>) -> 
         }
     }
     files
+}
+
+/// `sip:HOST[:PORT][;transport=udp|tcp|tls]` or `sips:HOST[:PORT]` (other URI parameters are
+/// ignored; a user part is not allowed: a gateway is a host).
+fn dns_gateway(text: &str) -> Result<DnsGateway, String> {
+    let (secure, rest) = match text.strip_prefix("sips:") {
+        Some(r) => (true, r),
+        None => (false, text.strip_prefix("sip:").unwrap_or(text)),
+    };
+    let mut parts = rest.split(';');
+    let hostport = parts.next().unwrap_or_default();
+    if hostport.is_empty() || hostport.contains('@') {
+        return Err(format!("`{text}`: a gateway URI is sip:HOST[:PORT] or sips:HOST[:PORT]"));
+    }
+    let mut transport = None;
+    for p in parts {
+        if let Some(t) = p.strip_prefix("transport=") {
+            transport = Some(match t.to_ascii_lowercase().as_str() {
+                "udp" => Transport::Udp,
+                "tcp" => Transport::Tcp,
+                "tls" => Transport::Tls,
+                other => return Err(format!("`{text}`: transport `{other}` is not udp, tcp or tls")),
+            });
+        }
+    }
+    if secure && transport.is_some_and(|t| t != Transport::Tls) {
+        return Err(format!("`{text}`: a sips: gateway is reached over TLS only"));
+    }
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']').ok_or_else(|| format!("`{text}`: unclosed IPv6 literal"))?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().map_err(|_| format!("`{text}`: bad port"))?),
+        None => None,
+    };
+    Ok(DnsGateway { uri: text.to_string(), host: host.to_ascii_lowercase(), port, secure, transport })
 }
 
 /// A table's limits as the planner applies them.

@@ -2,6 +2,7 @@
 //! [`Action`]s out. This layer owns no SIP logic; it frames TCP streams, reuses connections,
 //! and reports undeliverable requests back to the core.
 
+pub mod dns;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
@@ -96,6 +97,8 @@ pub struct Shared {
     pub tls_conns: tcp::Registry,
     /// Certificates for TLS listeners and for verifying TLS gateways (swapped on reload).
     pub tls: tls::Tls,
+    /// DNS gateways: the file's configuration and what DNS answers for it.
+    pub dns: Arc<dns::Dns>,
     pub shutdown: CancellationToken,
     pub max_message: usize,
     /// Inbound TCP connections allowed per source IP.
@@ -121,7 +124,8 @@ impl Shared {
         if let Some(records) = self.node.records() {
             records.reopen();
         }
-        self.node.reload(next);
+        // DNS gateways expand to their current targets (new names resolve right after).
+        self.node.reload(self.dns.apply(next));
     }
 
     /// The connections of a stream transport (TCP or TLS).

@@ -64,7 +64,12 @@ impl Endpoint {
 
     /// A UDP endpoint on a given loopback address (127.0.0.2, 127.0.0.3...: other "hosts").
     pub async fn udp_on(ip: &str) -> Self {
-        let s = UdpSocket::bind(format!("{ip}:0")).await.unwrap();
+        Self::udp_at(&format!("{ip}:0")).await
+    }
+
+    /// A UDP endpoint bound to exactly `addr` (IP:PORT).
+    pub async fn udp_at(addr: &str) -> Self {
+        let s = UdpSocket::bind(addr).await.unwrap();
         let local = s.local_addr().unwrap();
         Self {
             transport: Transport::Udp,
