@@ -61,6 +61,7 @@ fn per_invite(c: &mut Criterion) {
                 branch: b"z9hG4bKsl0123456789abcdef.1",
                 record_route: true,
                 own_realm: None,
+                path_flow: None,
             };
             let (out, _) = forward::request(&m, source, &me, &edits);
             black_box((route.carriers.len(), out))

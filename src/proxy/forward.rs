@@ -22,6 +22,9 @@ pub struct RequestEdits<'a> {
     /// sluice's own `[auth]` realm: Proxy-Authorization for it was meant for sluice and is
     /// removed (credentials for other realms pass untouched, RFC 3261 §22.3).
     pub own_realm: Option<&'a str>,
+    /// A REGISTER: the flow token of the Path sluice adds (RFC 3327), so requests for the
+    /// registered contact come back through sluice, down the flow the REGISTER came on.
+    pub path_flow: Option<&'a str>,
 }
 
 /// The forwarded copy of a request received from `source`. Also returns where responses
@@ -50,6 +53,20 @@ pub fn request(
                 out.extend_from_slice(me.record_route(*t).as_bytes());
                 out.extend_from_slice(crlf);
             }
+        });
+    }
+    if let Some(flow) = edits.path_flow {
+        // Our Path goes on top of any other proxy's (RFC 3327 §5.1): before the first.
+        let at = msg
+            .headers
+            .iter()
+            .find(|h| msg.bytes(h.name_span).eq_ignore_ascii_case(b"Path"))
+            .map_or(first_via, |h| h.line.start as usize);
+        s.insert_with(at, |out| {
+            let rr = me.record_route(edits.out);
+            let uri = rr.strip_suffix(";lr>").unwrap_or(rr);
+            let _ = write!(out, "Path: {uri};lr;{}={flow}>", super::flow::PARAM);
+            out.extend_from_slice(crlf);
         });
     }
     match msg.first(HeaderName::MaxForwards) {
@@ -148,6 +165,21 @@ pub fn routed_to_me(msg: &Message<'_>, me: &Identity) -> bool {
     })
 }
 
+/// The flow token in the first Route of `msg`, when that Route is one of sluice's own Path
+/// URIs (see `flow.rs`).
+pub fn flow_token<'a>(msg: &Message<'a>, me: &Identity) -> Option<&'a [u8]> {
+    let h = msg.first(HeaderName::Route)?;
+    let value = msg.bytes(h.value);
+    let first = split_list(value).into_iter().next()?;
+    let elem = &value[first];
+    let na = NameAddr::parse(elem)?;
+    let uri = Uri::parse(na.uri_of(elem)).ok()?;
+    if !me.is_my_uri(&uri) {
+        return None;
+    }
+    crate::sip::params::find(uri.params, super::flow::PARAM.as_bytes())?.value
+}
+
 /// The forwarded copy of a response: the proxy's own top Via removed.
 pub fn response(msg: &Message<'_>) -> Vec<u8> {
     let mut s = Splice::new(msg.buf);
@@ -201,7 +233,13 @@ v=0\r\ntrailing-garbage";
             &m,
             src,
             &me(),
-            &RequestEdits { out: Transport::Udp, branch: b"z9hG4bKslX", record_route: true, own_realm: None },
+            &RequestEdits {
+                out: Transport::Udp,
+                branch: b"z9hG4bKslX",
+                record_route: true,
+                own_realm: None,
+                path_flow: None,
+            },
         );
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -233,7 +271,13 @@ v=0\r"
             &m,
             src,
             &me(),
-            &RequestEdits { out: Transport::Tcp, branch: b"b", record_route: true, own_realm: None },
+            &RequestEdits {
+                out: Transport::Tcp,
+                branch: b"b",
+                record_route: true,
+                own_realm: None,
+                path_flow: None,
+            },
         );
         let text = String::from_utf8(out).unwrap();
         assert!(

@@ -12,6 +12,7 @@ pub mod branch;
 mod call;
 pub mod dialog;
 pub mod flood;
+pub mod flow;
 pub mod forward;
 pub mod identity;
 pub mod ids;
@@ -134,6 +135,9 @@ pub struct Proxy {
     usage: Arc<parking_lot::Mutex<UsageTracker>>,
     /// The call records file, if configured (records also go to the log).
     records: Option<Arc<crate::records::Records>>,
+    /// Keys flow tokens (Path); one for the node, since the request that uses a token is
+    /// usually handled by another shard than the REGISTER that made it.
+    flows: Arc<branch::Secret>,
 }
 
 /// What every shard of a node shares: node-wide beliefs and the spike buffer.
@@ -145,6 +149,7 @@ pub(crate) struct Common {
     pub backoff: Arc<waitroom::Backoff>,
     pub usage: Arc<parking_lot::Mutex<UsageTracker>>,
     pub records: Option<Arc<crate::records::Records>>,
+    pub flows: Arc<branch::Secret>,
     /// Keys branches and tags; one for the node, so any shard recognises its own loops.
     pub seed: u64,
 }
@@ -166,6 +171,7 @@ impl Proxy {
             backoff: shared.backoff.clone(),
             usage: shared.usage.clone(),
             records: shared.records.clone(),
+            flows: shared.flows.clone(),
             me: Identity::new(&config),
             auth: config.auth.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
             config,

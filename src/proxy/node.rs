@@ -97,6 +97,7 @@ impl Node {
             limiter,
             usage,
             records: None,
+            flows: Arc::new(super::branch::Secret::new(seed)),
             seed,
         };
         let count = config.worker_threads().saturating_mul(SHARDS_PER_WORKER).clamp(1, 1 << 15);

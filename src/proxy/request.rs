@@ -166,6 +166,9 @@ impl Proxy {
             }
             return;
         }
+        if let Some(flow) = self.flow_of(source, msg) {
+            return self.toward_flow(now, source, msg, flow, key, out);
+        }
         let ip = source.addr.ip();
         let verified;
         let user = match &self.auth {
@@ -188,7 +191,13 @@ impl Proxy {
             self.reply(now, msg, source, Answer::new(403, "Forbidden"), &[], out);
             return;
         }
-        let number = uri.as_ref().and_then(|u| u.user).map(dialed_number).unwrap_or_default();
+        // A REGISTER names no user in its Request-URI (RFC 3261 §10.2): it is routed by the
+        // address-of-record in To.
+        let to_aor = (method == Method::Register).then(|| to_user(msg)).flatten();
+        let number = match to_aor {
+            Some(user) => user,
+            None => uri.as_ref().and_then(|u| u.user).map(dialed_number).unwrap_or_default(),
+        };
         let route_owner = customer.and_then(|c| self.config.route_owner(c));
         let own_routes = route_owner.and_then(|c| self.config.customers[c].routes.as_ref());
         let table = own_routes.unwrap_or(&self.config.routes);
@@ -292,6 +301,71 @@ impl Proxy {
             if let Some(tx) = self.txs.get_mut(&id) {
                 tx.call = Some(call);
             }
+        }
+    }
+
+    /// The registered flow a request is for: its first Route is a Path URI of sluice's with
+    /// a token that verifies, and it comes from a configured gateway (the registrar side).
+    /// From anyone else a token is ignored, so a caller cannot reach other phones' flows.
+    fn flow_of(&self, source: Peer, msg: &Message<'_>) -> Option<Peer> {
+        let token = forward::flow_token(msg, &self.me)?;
+        let from_gateway = self
+            .config
+            .carriers
+            .iter()
+            .flat_map(|c| c.gateways.iter())
+            .any(|g| g.addr.ip() == source.addr.ip());
+        if !from_gateway {
+            Stats::bump(&self.stats.stray);
+            return None;
+        }
+        super::flow::peer(&self.flows, token)
+    }
+
+    /// A request from the registrar side for a registered contact: straight down the
+    /// phone's flow. An INVITE is tracked as a call (record-routed, so its BYE finds it) but
+    /// takes no limit: limits protect what is behind sluice, not the phones in front.
+    fn toward_flow(
+        &mut self,
+        now: Instant,
+        source: Peer,
+        msg: &Message<'_>,
+        flow: Peer,
+        key: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
+        let targets = vec![Target::plain(flow)];
+        if msg.method() != Some(Method::Invite) {
+            self.open_tx(now, source, msg, key, targets, false, out);
+            return;
+        }
+        let call_id = msg.call_id().unwrap_or_default();
+        let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
+        let call = CallKey::new(call_id, from_tag);
+        if self.call_in_use(&call) {
+            self.reply(now, msg, source, Answer::new(482, "Loop Detected"), &[], out);
+            return;
+        }
+        let record = Box::new(super::record::CallRecord {
+            call_id: Bytes::copy_from_slice(call_id),
+            customer: None,
+            source: source.addr.ip(),
+            user: Bytes::new(),
+            number: msg
+                .request_uri()
+                .and_then(|u| Uri::parse(u).ok())
+                .and_then(|u| u.user)
+                .map(Bytes::copy_from_slice)
+                .unwrap_or_default(),
+            carrier: None,
+            gateway: None,
+            arrived: now,
+            admitted: Some(now),
+            answered: None,
+        });
+        self.open_call(now, call.clone(), from_tag, source, crate::limit::Reservation::default(), record);
+        if self.open_tx(now, source, msg, key, targets, true, out).is_none() {
+            self.drop_call(now, &call, super::call::CallEnd::Failed { status: 0, cancelled: false });
         }
     }
 
@@ -431,11 +505,18 @@ impl Proxy {
         let record_route = tx.creates_dialog;
         let source = tx.source;
         let own_realm = self.auth.as_ref().map(|v| v.realm());
+        let path = (msg.method() == Some(Method::Register)).then(|| super::flow::token(&self.flows, source));
         let (data, _) = forward::request(
             msg,
             source,
             &self.me,
-            &RequestEdits { out: target.transport, branch: &branch_id, record_route, own_realm },
+            &RequestEdits {
+                out: target.transport,
+                branch: &branch_id,
+                record_route,
+                own_realm,
+                path_flow: path.as_deref(),
+            },
         );
         let data = Bytes::from(data);
         let number = seq as u32;
@@ -526,6 +607,7 @@ impl Proxy {
                 branch: &branch_id,
                 record_route: false,
                 own_realm: self.auth.as_ref().map(|v| v.realm()),
+                path_flow: None,
             },
         );
         self.send(out, target, Bytes::from(data), None, true);
@@ -652,4 +734,11 @@ pub(super) fn server_key(msg: &Message<'_>, method: Option<&[u8]>) -> Vec<u8> {
     key.push(b'|');
     key.extend_from_slice(method);
     key
+}
+
+/// The user part of the To URI (a REGISTER's address-of-record).
+fn to_user<'a>(msg: &Message<'a>) -> Option<&'a [u8]> {
+    let value = msg.value(HeaderName::To)?;
+    let na = crate::sip::name_addr::NameAddr::parse(value)?;
+    Uri::parse(na.uri_of(value)).ok()?.user
 }
