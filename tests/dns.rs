@@ -218,3 +218,18 @@ fn gateway_uris_are_checked() {
             .unwrap();
     assert!(ok.carriers[0].gateways.is_empty(), "resolved later, by DNS");
 }
+
+/// A zone is the carrier's to write: an answer with many records becomes at most 16
+/// gateways (25 A records here: what fits in a 512-byte UDP answer).
+#[tokio::test]
+async fn a_huge_answer_is_bounded() {
+    let zone: Zone = Arc::default();
+    let records: Vec<(u32, RData)> = (1..=25u8).map(|i| (300, a(&format!("127.0.1.{i}")))).collect();
+    zone.lock().unwrap().insert(("big.test".into(), RecordType::A), records);
+    let dns = name_server(zone).await;
+    let running =
+        start(&config(dns, "[[carrier]]\nname = \"big\"\ngateways = [\"sip:big.test:5060\"]\n", "\"big\""))
+            .await;
+    let n = running.shared.config().carriers[0].gateways.len();
+    assert_eq!(n, 16, "bounded");
+}

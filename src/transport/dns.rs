@@ -37,6 +37,9 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(5);
 /// The first resolution at start waits at most this long before calls are served.
 const START_WAIT: Duration = Duration::from_secs(5);
+/// At most this many targets per gateway name (and SRV records looked at): a zone is the
+/// carrier's to write, and a huge answer must not become a huge gateway list.
+const MAX_TARGETS: usize = 16;
 
 /// What DNS said about one gateway URI.
 #[derive(Debug, Clone)]
@@ -259,8 +262,12 @@ impl Dns {
                 .filter(|r| !r.3.is_empty())
                 .collect();
             order_srv(&mut records);
+            records.truncate(MAX_TARGETS);
             let mut targets = Vec::new();
             for (_, _, port, host) in records {
+                if targets.len() >= MAX_TARGETS {
+                    break;
+                }
                 match self.addresses(&host).await {
                     Ok((ips, t)) => {
                         ttl = ttl.min(t);
@@ -274,6 +281,7 @@ impl Dns {
                 }
             }
             if !targets.is_empty() {
+                targets.truncate(MAX_TARGETS);
                 return Ok((targets, ttl));
             }
         }
@@ -322,7 +330,7 @@ impl Dns {
     /// A and AAAA of a name, and how long they hold.
     async fn addresses(&self, host: &str) -> Result<(Vec<IpAddr>, Duration), Failure> {
         match self.resolver.lookup_ip(host).await {
-            Ok(l) => Ok((l.iter().collect(), until(l.valid_until()))),
+            Ok(l) => Ok((l.iter().take(MAX_TARGETS).collect(), until(l.valid_until()))),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
                 Err(Failure::NoTargets(format!("{host}: no address")))
             }
