@@ -165,3 +165,34 @@ async fn csv_records_follow_a_rotation_on_reload() {
     assert_eq!(lines(&d.join("calls.csv.1"), 2).await.len(), 2, "the rotated file keeps its record");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A call cancelled while it waited in the spike buffer was never admitted, but it was a
+/// call the customer made: its record says cancelled (487), with no admission time.
+#[tokio::test]
+async fn a_call_cancelled_in_the_spike_buffer_gets_a_record() {
+    let d = temp("queued");
+    let file = d.join("calls.jsonl");
+    let pbx = Endpoint::udp().await;
+    let uri = pbx.uri();
+    spawn_pbx(pbx, Pbx::Ring);
+    let extra =
+        format!("[limits]\ncps = 1\n[overflow]\nqueue_ms = 3000\n[records]\nfile = \"{}\"\n", file.display());
+    let running = start(&config_with(&[uri], "", &extra)).await;
+    let proxy = running.addr(Transport::Udp).unwrap();
+    let mut caller = Endpoint::udp().await;
+    caller.send(proxy, invite(&caller, "q-first", "q-first", "100", proxy).as_bytes()).await;
+    caller.send(proxy, invite(&caller, "q-waits", "q-waits", "100", proxy).as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let inv = invite(&caller, "q-waits", "q-waits", "100", proxy);
+    let cancel = inv.replacen("INVITE sip:", "CANCEL sip:", 1).replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    caller.send(proxy, cancel.as_bytes()).await;
+    let records: Vec<serde_json::Value> =
+        lines(&file, 1).await.iter().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let waited = record(&records, "q-waits");
+    assert_eq!(
+        (&waited["disposition"], &waited["status"], &waited["admitted_ms"]),
+        (&"cancelled".into(), &487.into(), &0.into()),
+        "{waited}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -357,14 +357,18 @@ impl Proxy {
     }
 
     /// CANCEL of a waiting call: out of the buffer; it never reaches a carrier and holds
-    /// nothing. True if the call was waiting.
+    /// nothing, and its record says it was cancelled (487). True if the call was waiting.
     pub(super) fn cancel_waiting(&mut self, now: Instant, id: TxId) -> bool {
-        let _ = now;
-        let waiting = self.take_pending(id).is_some();
-        if waiting {
-            self.waitroom.remove(id);
+        let Some(p) = self.take_pending(id) else { return false };
+        self.waitroom.remove(id);
+        if let Some(tx) = self.txs.get(&id) {
+            let ctx = p.context(&tx.call_id, tx.source);
+            let record = call_record(&ctx, &p.plan, None, p.since);
+            let outcome =
+                Outcome { disposition: Disposition::Cancelled, status: 487, limit: "", hung_up: None };
+            self.write_record(now, &record, &outcome);
         }
-        waiting
+        true
     }
 
     /// The answer for a refusal, counted: (status, reason, extra header name, its value).
