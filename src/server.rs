@@ -30,6 +30,9 @@ pub enum ServerError {
     /// The TLS certificates could not be used (changed since the config was checked).
     #[error("TLS: {0}")]
     Tls(#[from] transport::tls::TlsError),
+    /// The flow key file could not be read or made.
+    #[error("flow key file {path}: {source}")]
+    FlowKey { path: String, source: std::io::Error },
     /// The call records file could not be opened.
     #[error("cannot open the call records file {path}: {source}")]
     Records { path: String, source: std::io::Error },
@@ -45,6 +48,7 @@ pub struct Server {
     tls: transport::tls::Tls,
     records: Option<Arc<crate::records::Records>>,
     dns: Arc<transport::dns::Dns>,
+    flow_key: Option<crate::proxy::flow::FlowKey>,
 }
 
 /// A running proxy: its addresses and a handle to stop it.
@@ -140,10 +144,17 @@ impl Server {
             )),
             None => None,
         };
+        let flow_key = match &config.flow_key_file {
+            Some(path) => Some(
+                crate::proxy::flow::FlowKey::load_or_create(path)
+                    .map_err(|source| ServerError::FlowKey { path: path.display().to_string(), source })?,
+            ),
+            None => None,
+        };
         // DNS gateways get their first targets before any call is served.
         let dns = Arc::new(transport::dns::Dns::new(Arc::new(config)));
         let config = dns.start().await;
-        Ok(Self { config, udp, tcp, admin, tls, records, dns })
+        Ok(Self { config, udp, tcp, admin, tls, records, dns, flow_key })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -176,6 +187,10 @@ impl Server {
         let usage = Arc::new(Mutex::new(load_usage(&self.config)));
         let node = Node::with_usage(self.config.clone(), stats.clone(), seed, store.clone(), usage.clone())
             .with_records(self.records.clone());
+        let node = match self.flow_key {
+            Some(key) => node.with_flow_key(key),
+            None => node,
+        };
         let shards = node.shard_count();
         let shared = Arc::new(Shared {
             node,

@@ -228,3 +228,35 @@ fn silence_wav() -> Vec<u8> {
     w.extend_from_slice(&data);
     w
 }
+
+/// With `[server] flow_key_file` the key survives a restart: a Path handed out before it
+/// still routes to the phone afterwards (a UDP phone's NAT binding outlives sluice's
+/// restart; it should not have to register again to be reachable).
+#[tokio::test]
+async fn a_kept_flow_key_survives_a_restart() {
+    let dir =
+        std::env::temp_dir().join(format!("sluice-flowkey-restart-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut registrar = Endpoint::udp().await;
+    let uri = registrar.uri();
+    let port = free_port();
+    let text = config_with(&[uri], &format!("flow_key_file = \"{}\"", dir.join("flow.key").display()), "")
+        .replace(
+            "listen = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]",
+            &format!("listen = [\"udp://127.0.0.1:{port}\"]"),
+        );
+    let first = start(&text).await;
+    let proxy = first.addr(Transport::Udp).unwrap();
+    let mut phone = Endpoint::udp().await;
+    phone.send(proxy, register(&phone, proxy, "1005").as_bytes()).await;
+    let (reg, _) = registrar.expect("REGISTER ").await;
+    let path = header(&reg, "Path").unwrap().to_string();
+    first.stop().await;
+
+    let second = start(&text).await;
+    assert_eq!(second.addr(Transport::Udp), Some(proxy));
+    registrar.send(proxy, invite_for(&registrar, &path, "after-restart").as_bytes()).await;
+    let (inv, _) = phone.expect("INVITE ").await;
+    assert_eq!(header(&inv, "Call-ID"), Some("after-restart"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

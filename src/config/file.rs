@@ -78,6 +78,9 @@ pub(crate) struct Server {
     /// Added: PEM CA certificates that TLS gateways' certificates must chain to (absent:
     /// the system's roots).
     pub(crate) tls_ca: Option<PathBuf>,
+    /// Added: the file keeping the key of Path flow tokens (made if missing), so phones'
+    /// registrations survive a restart; absent: a key per process.
+    pub(crate) flow_key_file: Option<PathBuf>,
     /// Added: name servers for DNS gateways (HOST:PORT); absent: /etc/resolv.conf.
     #[serde(default)]
     pub(crate) dns: Vec<String>,

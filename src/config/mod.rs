@@ -301,6 +301,8 @@ pub struct Config {
     pub tls: TlsFiles,
     /// Name servers for DNS gateways (`[server] dns`); empty: the system's.
     pub dns: Vec<SocketAddr>,
+    /// Where the key of Path flow tokens is kept (`[server] flow_key_file`).
+    pub flow_key_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub carriers: Vec<Carrier>,
@@ -763,6 +765,7 @@ fn validate(raw: file::File, e: &mut Errors<'_>) -> Config {
         workers: raw.server.workers,
         tls,
         dns,
+        flow_key_file: raw.server.flow_key_file.clone(),
         log_format: raw.log.format,
         log_level: raw.log.level.clone(),
         carriers,

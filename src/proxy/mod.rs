@@ -137,7 +137,7 @@ pub struct Proxy {
     records: Option<Arc<crate::records::Records>>,
     /// Keys flow tokens (Path); one for the node, since the request that uses a token is
     /// usually handled by another shard than the REGISTER that made it.
-    flows: Arc<branch::Secret>,
+    flows: Arc<flow::FlowKey>,
 }
 
 /// What every shard of a node shares: node-wide beliefs and the spike buffer.
@@ -149,7 +149,7 @@ pub(crate) struct Common {
     pub backoff: Arc<waitroom::Backoff>,
     pub usage: Arc<parking_lot::Mutex<UsageTracker>>,
     pub records: Option<Arc<crate::records::Records>>,
-    pub flows: Arc<branch::Secret>,
+    pub flows: Arc<flow::FlowKey>,
     /// Keys branches and tags; one for the node, so any shard recognises its own loops.
     pub seed: u64,
 }

@@ -97,7 +97,7 @@ impl Node {
             limiter,
             usage,
             records: None,
-            flows: Arc::new(super::branch::Secret::new(seed)),
+            flows: Arc::new(super::flow::FlowKey::random()),
             seed,
         };
         let count = config.worker_threads().saturating_mul(SHARDS_PER_WORKER).clamp(1, 1 << 15);
@@ -119,6 +119,16 @@ impl Node {
             shard.get_mut().records.clone_from(&records);
         }
         self.common.records = records;
+        self
+    }
+
+    /// MACs flow tokens with `key` (kept across restarts) instead of a per-process key.
+    pub fn with_flow_key(mut self, key: super::flow::FlowKey) -> Self {
+        let key = Arc::new(key);
+        for shard in &mut self.shards {
+            shard.get_mut().flows = key.clone();
+        }
+        self.common.flows = key;
         self
     }
 
