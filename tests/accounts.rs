@@ -199,7 +199,7 @@ async fn cpm_admits_thirty_of_sixty() {
 }
 
 /// A carrier at cps 10 with pacing: a burst of 30 waits in the spike buffer and reaches the
-/// gateway evenly spaced, never three INVITEs within 100 ms (an unpaced carrier would get
+/// gateway evenly spaced, a gap of ~100 ms between INVITEs (an unpaced carrier would get
 /// ten at once at each window edge).
 #[tokio::test]
 async fn a_paced_carrier_gets_an_even_stream() {
@@ -235,10 +235,16 @@ async fn a_paced_carrier_gets_an_even_stream() {
             .await;
     }
     assert_eq!(arrivals.len(), 30, "every queued call went out");
-    for w in arrivals.windows(3) {
-        let span = w[2].0.duration_since(w[0].0);
-        assert!(span >= Duration::from_millis(100), "three INVITEs within {span:?}: {:?}", &w);
-    }
+    // Receive times are the test's own: a stalled test task can read a few datagrams at
+    // once, so the strict spacing is checked on the synthetic clock (spike_core.rs). Here:
+    // the typical gap is the pacing gap (unpaced, most gaps are ~0: ten per window edge).
+    let mut gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1].0.duration_since(w[0].0)).collect();
+    gaps.sort();
+    assert!(
+        gaps[gaps.len() / 2] >= Duration::from_millis(80),
+        "median gap {:?}; gaps {gaps:?}",
+        gaps[gaps.len() / 2]
+    );
     let mut per_100ms = [0u32; 32];
     for (t, _) in &arrivals {
         let slot = (t.duration_since(arrivals[0].0).as_millis() / 100) as usize;

@@ -102,38 +102,52 @@ for _, v in ipairs(hits) do reply[#reply + 1] = v end
 return reply
 "#;
 
-const RELEASE: &str = r#"
-local rec = redis.call('GET', KEYS[1])
-if not rec then
+/// Lua shared by the scripts that end reservations: gives back the channels a reservation
+/// record lists (never below zero) and deletes it; false when there was no record.
+macro_rules! lua_give_back {
+    () => {
+        r#"
+local function give_back(rk)
+  local rec = redis.call('GET', rk)
+  if not rec then return false end
+  for k in string.gmatch(rec, '[^\n]+') do
+    if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
+  end
+  redis.call('DEL', rk)
+  return true
+end
+"#
+    };
+}
+
+/// Ends one reservation (idempotent). Without a record: an abandoned admission (ARGV[2] =
+/// 1) leaves a marker so that, should it reach Redis later, it reserves nothing.
+const RELEASE: &str = concat!(
+    lua_give_back!(),
+    r#"
+if not give_back(KEYS[1]) then
   if ARGV[2] == '1' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[3]) end
   return 0
 end
-for k in string.gmatch(rec, '[^\n]+') do
-  if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
-end
-redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1
-"#;
+"#
+);
 
 /// Releases every reservation of a node whose heartbeat key is gone (or, with ARGV[2] = 1,
 /// unconditionally: a node cleaning up after its own restart).
-const SWEEP: &str = r#"
+const SWEEP: &str = concat!(
+    lua_give_back!(),
+    r#"
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local ids = redis.call('SMEMBERS', KEYS[1])
 for _, id in ipairs(ids) do
-  local rk = ARGV[1] .. id
-  local rec = redis.call('GET', rk)
-  if rec then
-    for k in string.gmatch(rec, '[^\n]+') do
-      if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
-    end
-    redis.call('DEL', rk)
-  end
+  give_back(ARGV[1] .. id)
 end
 redis.call('DEL', KEYS[1])
 return #ids
-"#;
+"#
+);
 
 /// Anti-entropy: the node re-asserts the reservations of its live calls and drops the ones
 /// Redis holds for it that it does not. KEYS[1] = the node's set; ARGV[1] = the record
@@ -143,7 +157,9 @@ return #ids
 /// keys. A missing record is re-created and its keys counted again (Redis restarted empty,
 /// restored from an old snapshot, or a replica promoted without the last writes).
 /// Returns {re-created, dropped}.
-const ASSERT: &str = r#"
+const ASSERT: &str = concat!(
+    lua_give_back!(),
+    r#"
 local i, made, live = 4, 0, {}
 while i <= #ARGV do
   local id, k = ARGV[i], tonumber(ARGV[i + 1])
@@ -168,21 +184,15 @@ if ARGV[3] == '1' then
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     local n = tonumber(string.match(id, ':(%d+)$') or '0')
     if not live[id] and n <= mark then
-      local rk = ARGV[1] .. id
-      local rec = redis.call('GET', rk)
-      if rec then
-        for k in string.gmatch(rec, '[^\n]+') do
-          if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
-        end
-        redis.call('DEL', rk)
-      end
+      give_back(ARGV[1] .. id)
       redis.call('SREM', KEYS[1], id)
       dropped = dropped + 1
     end
   end
 end
 return {made, dropped}
-"#;
+"#
+);
 
 /// Releases sent in one pipeline at most.
 const RELEASE_BATCH: usize = 256;
