@@ -26,8 +26,9 @@ fn rss_bytes() -> u64 {
 fn main() {
     // Each part runs in a process of its own: memory one part frees would otherwise be
     // reused by the next, and its growth undercounted.
-    let parts: [(&str, fn()); 5] = [
+    let parts: [(&str, fn()); 6] = [
         ("lingering", lingering_calls),
+        ("steady", steady_rate),
         ("refused", refused_invites),
         ("active", active_calls),
         ("keys", limit_keys),
@@ -177,56 +178,17 @@ fn blocked_sources() {
 
 /// What a finished call leaves behind for RFC 3261's linger: 50,000 whole calls (INVITE,
 /// 180, 200, ACK, BYE, 200), measured before any timer fires, so every INVITE and BYE
-/// transaction and every hung-up call record is still there (at 7,000 calls/s a node holds
-/// 32 s of these: 224,000 calls).
+/// transaction and every hung-up call is still there (the hung-up call's routing stays
+/// only T4, the transactions' keys 32 s).
 fn lingering_calls() {
     let config = Arc::new(Config::parse("bench", CONFIG).expect("config"));
     let proxy = Node::new(config, Arc::new(Stats::default()), 1);
-    let pbx = Peer::udp("127.0.0.1:5070".parse().expect("addr"));
     let now = Instant::now();
     let calls = 50_000u32;
-    let vias = |out: &Vec<Action>| -> String {
-        let Some((_, data)) = out.iter().filter_map(Action::as_send).find(|(to, _)| **to == pbx) else {
-            panic!("not forwarded")
-        };
-        let text = String::from_utf8_lossy(data).into_owned();
-        text.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect()
-    };
     let before = rss_bytes();
     let mut out = Vec::new();
     for i in 0..calls {
-        let caller =
-            Peer::udp(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0e00_0000 + i % 1000)), 5060));
-        let a = caller.addr;
-        let dialog = format!("From: <sip:a@x>;tag=f{i}\r\nCall-ID: linger-{i}@bench\r\n");
-        let invite = format!(
-            "INVITE sip:15551230000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK{i}\r\nMax-Forwards: 70\r\n{dialog}To: <sip:15551230000@x>\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{a}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
-            SDP.len()
-        );
-        out.clear();
-        proxy.on_message(now, caller, invite.as_bytes(), &mut out);
-        let v = vias(&out);
-        for status in ["180 Ringing", "200 OK"] {
-            let answer = format!(
-                "SIP/2.0 {status}\r\n{v}{dialog}To: <sip:15551230000@x>;tag=t{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
-                SDP.len()
-            );
-            proxy.on_message(now, pbx, answer.as_bytes(), &mut out);
-        }
-        let ack = format!(
-            "ACK sip:pbx@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack{i}\r\nMax-Forwards: 70\r\n{dialog}To: <sip:15551230000@x>;tag=t{i}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
-        );
-        proxy.on_message(now, caller, ack.as_bytes(), &mut out);
-        let bye = format!(
-            "BYE sip:pbx@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKbye{i}\r\nMax-Forwards: 70\r\n{dialog}To: <sip:15551230000@x>;tag=t{i}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
-        );
-        out.clear();
-        proxy.on_message(now, caller, bye.as_bytes(), &mut out);
-        let v = vias(&out);
-        let ok = format!(
-            "SIP/2.0 200 OK\r\n{v}{dialog}To: <sip:15551230000@x>;tag=t{i}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
-        );
-        proxy.on_message(now, pbx, ok.as_bytes(), &mut out);
+        whole_call(&proxy, i, now, &mut out);
     }
     let (txs, dialogs, timers) = proxy.table_sizes();
     let per_call = rss_bytes().saturating_sub(before) / u64::from(calls);
@@ -235,6 +197,86 @@ fn lingering_calls() {
          {per_call} bytes per finished call (its INVITE and BYE transactions and its call record)"
     );
     assert_eq!(proxy.active_calls(), 0);
+}
+
+/// The steady state of a node carrying 7,000 calls/s on a synthetic clock: every
+/// millisecond 7 whole calls, timers fired as time passes, for 40 s (longer than the 32 s
+/// linger, so what lingers is what a real node at that rate holds). Reports the resident
+/// growth and the bytes per call the linger holds.
+fn steady_rate() {
+    let config = Arc::new(Config::parse("bench", CONFIG).expect("config"));
+    let proxy = Node::new(config, Arc::new(Stats::default()), 1);
+    let start = Instant::now();
+    let (rate_per_ms, seconds) = (7u32, 40u32);
+    let before = rss_bytes();
+    let mut out = Vec::new();
+    let mut i = 0u32;
+    let mut peak = 0u64;
+    for ms in 0..seconds * 1000 {
+        let now = start + std::time::Duration::from_millis(u64::from(ms));
+        for _ in 0..rate_per_ms {
+            whole_call(&proxy, i, now, &mut out);
+            i += 1;
+        }
+        out.clear();
+        proxy.on_timer(now, &mut out);
+        if ms % 1000 == 0 {
+            peak = peak.max(rss_bytes().saturating_sub(before));
+        }
+    }
+    let (txs, dialogs, timers) = proxy.table_sizes();
+    let lingering = u64::from(rate_per_ms) * 32_000;
+    println!(
+        "steady 7000 calls/s for {seconds} s: transactions {txs}, calls {dialogs}, timers {timers}; resident \
+         growth {} MiB, {} bytes per call the 32 s linger holds ({lingering} calls)",
+        peak >> 20,
+        peak / lingering
+    );
+    assert_eq!(proxy.active_calls(), 0);
+}
+
+/// One whole call from caller `i`: INVITE, 180, 200, ACK, BYE, 200, all at `now`.
+fn whole_call(proxy: &Node, i: u32, now: Instant, out: &mut Vec<Action>) {
+    let pbx = Peer::udp("127.0.0.1:5070".parse().expect("addr"));
+    let vias = |out: &Vec<Action>| -> String {
+        let Some((_, data)) = out.iter().filter_map(Action::as_send).find(|(to, _)| **to == pbx) else {
+            panic!("not forwarded")
+        };
+        let text = String::from_utf8_lossy(data).into_owned();
+        text.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect()
+    };
+    let caller =
+        Peer::udp(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0e00_0000 + i % 1000)), 5060));
+    let a = caller.addr;
+    let dialog = format!("From: <sip:a@x>;tag=f{i}\r\nCall-ID: linger-{i}@bench\r\n");
+    let invite = format!(
+        "INVITE sip:15551230000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK{i}\r\nMax-Forwards: 70\r\n{dialog}To: <sip:15551230000@x>\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{a}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    );
+    out.clear();
+    proxy.on_message(now, caller, invite.as_bytes(), out);
+    let v = vias(out);
+    for status in ["180 Ringing", "200 OK"] {
+        let answer = format!(
+            "SIP/2.0 {status}\r\n{v}{dialog}To: <sip:15551230000@x>;tag=t{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+            SDP.len()
+        );
+        proxy.on_message(now, pbx, answer.as_bytes(), out);
+    }
+    let ack = format!(
+        "ACK sip:pbx@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKack{i}\r\nMax-Forwards: 70\r\n{dialog}To: <sip:15551230000@x>;tag=t{i}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    proxy.on_message(now, caller, ack.as_bytes(), out);
+    let bye = format!(
+        "BYE sip:pbx@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKbye{i}\r\nMax-Forwards: 70\r\n{dialog}To: <sip:15551230000@x>;tag=t{i}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    out.clear();
+    proxy.on_message(now, caller, bye.as_bytes(), out);
+    let v = vias(out);
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{v}{dialog}To: <sip:15551230000@x>;tag=t{i}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    proxy.on_message(now, pbx, ok.as_bytes(), out);
 }
 
 /// A typical offer/answer body (the INVITE and the 200 carry one each).

@@ -151,6 +151,90 @@ fn answered_call_with_bye_drains() {
     r.assert_empty();
 }
 
+/// A request from the PBX inside call `id` (From is the callee's tag, To the caller's).
+fn from_callee(method: &str, id: &str, cseq: u32, branch: &str) -> String {
+    format!(
+        "{method} sip:a@192.0.2.10:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{branch}\r\nFrom: <sip:100@x>;tag=t\r\nTo: <sip:a@x>;tag=f{id}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// What a finished call keeps (the compact linger): only keys and the BYE's answer, and
+/// for T4 which peer each side is. It must still answer every retransmission as the full
+/// transactions did, route what crossed the BYE, and then forget.
+#[test]
+fn a_finished_call_answers_its_retransmissions_from_what_it_keeps() {
+    let mut r = Rig::new();
+    let (pbx, caller) = (r.pbx, r.caller);
+    let fwd = r.send_to_pbx(&invite("k1"));
+    r.deliver(pbx, &answer(&fwd, 180, "t"));
+    r.deliver(pbx, &answer(&fwd, 200, "t"));
+    r.send_to_pbx(&in_dialog("ACK", "k1", 1, "ack"));
+    let bye = r.send_to_pbx(&in_dialog("BYE", "k1", 2, "bye"));
+    let first = r.deliver(pbx, &answer(&bye, 200, "t"));
+    let ok =
+        first.iter().find(|(to, _)| *to == caller).map(|(_, m)| m.clone()).expect("the BYE's 200 goes up");
+    r.advance(Duration::from_secs(1));
+
+    // The INVITE again (same branch): absorbed, never forwarded or answered (RFC 6026).
+    assert!(r.deliver(caller, &invite("k1")).is_empty(), "INVITE retransmission after 2xx absorbed");
+    // A CANCEL for it: 200 for the CANCEL, nothing to the PBX.
+    let cancel = invite("k1").replacen("INVITE", "CANCEL", 1).replace("1 INVITE", "1 CANCEL");
+    let out = r.deliver(caller, &cancel);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].0 == caller && out[0].1.starts_with("SIP/2.0 200"), "{out:?}");
+    // The BYE again: the very same 200, to the caller only.
+    assert_eq!(r.deliver(caller, &in_dialog("BYE", "k1", 2, "bye")), vec![(caller, ok.clone())]);
+    // Someone else replaying the BYE (same Via, other address) gets nothing: the stored
+    // answer goes where the first one went.
+    let stranger = Peer::udp("198.51.100.66:5060".parse().unwrap());
+    let replay = r.deliver(stranger, &in_dialog("BYE", "k1", 2, "bye"));
+    assert!(replay.iter().all(|(to, _)| *to == caller), "{replay:?}");
+
+    // A request from the callee that crossed the BYE (within T4) still reaches the caller...
+    let crossing = r.deliver(pbx, &from_callee("INFO", "k1", 7, "info1"));
+    assert!(crossing.iter().any(|(to, m)| *to == caller && m.starts_with("INFO ")), "{crossing:?}");
+    // ... later ones get 481, as from the caller itself (RFC 3261 §15.1.2), and go nowhere.
+    r.advance(Duration::from_secs(5));
+    let late = r.deliver(pbx, &from_callee("INFO", "k1", 8, "info2"));
+    assert!(late.iter().all(|(to, m)| *to == pbx && m.starts_with("SIP/2.0 481")), "{late:?}");
+    assert!(!late.is_empty());
+
+    // Still within the 32 s linger: the BYE's answer is still there.
+    r.advance(Duration::from_secs(20));
+    assert_eq!(r.deliver(caller, &in_dialog("BYE", "k1", 2, "bye")), vec![(caller, ok)]);
+    r.advance(Duration::from_secs(15));
+    // The linger is over: that BYE is now a request for a dialog that does not exist.
+    let after = r.deliver(caller, &in_dialog("BYE", "k1", 2, "bye"));
+    assert!(after.iter().all(|(to, m)| *to == caller && m.starts_with("SIP/2.0 481")), "{after:?}");
+    r.advance(Duration::from_secs(40));
+    r.assert_empty();
+}
+
+/// A call hung up moments ago does not block its key: the same Call-ID and From tag may
+/// start a new call at once, and the old call's short linger cannot end the new one.
+#[test]
+fn a_new_call_may_take_the_key_of_one_just_hung_up() {
+    let mut r = Rig::new();
+    let pbx = r.pbx;
+    let fwd = r.send_to_pbx(&invite("n1"));
+    r.deliver(pbx, &answer(&fwd, 200, "t"));
+    r.send_to_pbx(&in_dialog("ACK", "n1", 1, "ack"));
+    r.send_to_pbx(&in_dialog("BYE", "n1", 2, "bye"));
+    r.advance(Duration::from_secs(1));
+    let again = invite("n1").replace("branch=z9hG4bKn1", "branch=z9hG4bKn1b").replace("1 INVITE", "3 INVITE");
+    let fwd = r.send_to_pbx(&again);
+    r.deliver(pbx, &answer(&fwd, 200, "t"));
+    assert_eq!(r.proxy.active_calls(), 1);
+    r.advance(Duration::from_secs(10));
+    assert_eq!(r.proxy.active_calls(), 1, "the first call's linger did not end the second");
+    assert_eq!(r.limits.total_channels(), 5);
+    let bye = r.send_to_pbx(&in_dialog("BYE", "n1", 4, "bye2"));
+    assert!(bye.starts_with("BYE "));
+    assert_eq!(r.limits.total_channels(), 0);
+    r.advance(Duration::from_secs(40));
+    r.assert_empty();
+}
+
 #[test]
 fn busy_call_drains_after_ack() {
     let mut r = Rig::new();

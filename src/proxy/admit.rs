@@ -14,7 +14,7 @@ use super::pending::{CallContext, PendingCall};
 use super::record::{CallRecord, Disposition, Outcome};
 use super::refused::Refused;
 use super::timer::{LINGER, Timer};
-use super::transaction::{Target, TxId};
+use super::transaction::{ServerKey, Target, TxId};
 use super::waitroom::{Ask, Served};
 use super::{Action, Proxy};
 use crate::limit::customers::CustomerId;
@@ -38,7 +38,7 @@ impl Proxy {
         ctx: &CallContext<'_>,
         msg: &Message<'_>,
         out: &mut Vec<Action>,
-        key: Vec<u8>,
+        key: ServerKey,
     ) -> Option<(Vec<Target>, Reservation, Box<CallRecord>)> {
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let count_cps = !self.take_challenge(ctx.call_id, from_tag);
@@ -64,7 +64,7 @@ impl Proxy {
             }
             Err(rejection) => {
                 let rejection =
-                    match self.enqueue(now, plan.clone(), ctx, msg, key.clone(), count_cps, rejection, out) {
+                    match self.enqueue(now, plan.clone(), ctx, msg, key, count_cps, rejection, out) {
                         Ok(()) => return None,
                         Err(r) => r,
                     };
@@ -138,7 +138,7 @@ impl Proxy {
         plan: CallPlan,
         ctx: &CallContext<'_>,
         msg: &Message<'_>,
-        key: Vec<u8>,
+        key: ServerKey,
         count_cps: bool,
         rejection: Rejection,
         out: &mut Vec<Action>,
@@ -221,7 +221,7 @@ impl Proxy {
         plan: CallPlan,
         ctx: &CallContext<'_>,
         msg: &Message<'_>,
-        key: Vec<u8>,
+        key: ServerKey,
         count_cps: bool,
         rejection: Rejection,
         out: &mut Vec<Action>,
@@ -326,7 +326,7 @@ impl Proxy {
             return;
         };
         let call = CallKey::new(&call_id, &p.from_tag);
-        self.open_call(now, call, &p.from_tag, source, reservation, record);
+        self.open_call(now, call, source, reservation, record);
         if !self.next_branch(now, id, &msg, out) {
             if let Some(tx) = self.txs.get_mut(&id) {
                 tx.failure = super::transaction::Failure::Unreachable;
@@ -410,10 +410,10 @@ impl Proxy {
         now: Instant,
         source: Peer,
         msg: &Message<'_>,
-        key: &[u8],
+        key: &ServerKey,
         out: &mut Vec<Action>,
     ) -> bool {
-        let Some(how) = self.refused.get(self.secret.hash(key)) else { return false };
+        let Some(how) = self.refused.get(key.0) else { return false };
         let (status, reason, header, value) = self.answer_for(how);
         let extra: Vec<(&str, &[u8])> = header.iter().map(|h| (*h, value.as_bytes())).collect();
         self.reply(now, msg, source, super::Answer::new(status, &reason), &extra, out);
@@ -432,7 +432,7 @@ impl Proxy {
         msg: &Message<'_>,
         plan: &CallPlan,
         rejection: &Rejection,
-        key: Vec<u8>,
+        key: ServerKey,
         out: &mut Vec<Action>,
     ) {
         let (status, reason, header, value) = self.refusal_answer(rejection);
@@ -444,7 +444,7 @@ impl Proxy {
             // No transaction: the answer is a function of the request, and the table above
             // makes a retransmission get it again, uncounted.
             let how = self.refused_how(rejection);
-            self.refused.remember(self.secret.hash(&key), how);
+            self.refused.remember(key.0, how);
             self.reply(now, msg, ctx.source, super::Answer::new(status, &reason), &extra, out);
             return;
         }

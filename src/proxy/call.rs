@@ -10,11 +10,21 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Proxy;
-use super::dialog::{CallKey, Dialog, Direction, KeyBytes, Phase};
+use super::dialog::{self, CallKey, Dialog, Direction, Ended, KeyBytes, Phase};
 use super::record::{CallRecord, Disposition, HungUp, Outcome};
-use super::timer::{LINGER, Timer};
+use super::timer::{LINGER, Lane, T4, Timer};
 use crate::limit::Reservation;
 use crate::peer::Peer;
+
+/// The call an in-dialog request names, as [`Proxy::find_call`] finds it.
+pub(super) struct Found {
+    pub call: CallKey,
+    pub direction: Direction,
+    /// The peer the request goes to.
+    pub to: Peer,
+    /// False for a call hung up moments ago.
+    pub live: bool,
+}
 
 /// Why a call's record is going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,32 +32,31 @@ pub(super) enum CallEnd {
     /// A final non-2xx answer (busy, rejected, cancelled, timed out): its status, and
     /// whether the caller had cancelled.
     Failed { status: u16, cancelled: bool },
-    /// The BYE's linger ran out.
-    Hangup,
+    /// A new call took the key of one still tracked.
+    Replaced,
     /// `max_call_seconds` passed with no BYE seen.
     Expired,
 }
 
 impl Proxy {
     /// Starts tracking an admitted call (its callee is learnt from the answer). The caller
-    /// checked with [`Proxy::call_in_use`] that no live call has this key; a record still
-    /// lingering after its BYE is replaced.
+    /// checked with [`Proxy::call_in_use`] that no live call has this key; what is left of a
+    /// hung-up one is replaced.
     pub(super) fn open_call(
         &mut self,
         now: Instant,
         call: CallKey,
-        caller_tag: &[u8],
         caller: Peer,
         reservation: Reservation,
         record: Box<CallRecord>,
     ) {
         if self.dialogs.contains_key(&call) {
-            self.drop_call(now, &call, CallEnd::Hangup);
+            self.drop_call(now, &call, CallEnd::Replaced);
         }
+        self.ended.remove(&call);
         let deadline = now + self.config.limits.max_call;
         let expiry = self.timers.at(deadline, Timer::DialogExpiry(call.clone()));
         let dialog = Dialog {
-            caller_tag: Bytes::copy_from_slice(caller_tag),
             callee_tag: None,
             caller,
             callee: caller,
@@ -62,24 +71,28 @@ impl Proxy {
         self.dialogs.insert(call, dialog);
     }
 
-    /// The tracked call an in-dialog request belongs to and which way it goes: from the
-    /// caller its From tag is the call's key, from the callee its To tag is.
-    pub(super) fn find_call(
-        &self,
-        call_id: &[u8],
-        from_tag: &[u8],
-        to_tag: &[u8],
-    ) -> Option<(CallKey, Direction)> {
+    /// The call an in-dialog request belongs to (a live one, or one hung up moments ago) and
+    /// which way it goes: from the caller its From tag is the call's key, from the callee its
+    /// To tag is.
+    pub(super) fn find_call(&self, call_id: &[u8], from_tag: &[u8], to_tag: &[u8]) -> Option<Found> {
         [from_tag, to_tag].into_iter().find_map(|tag| {
-            let (key, d) = self.dialogs.get_key_value(&*KeyBytes::of(call_id, tag))?;
-            Some((key.clone(), d.direction(from_tag, to_tag)?))
+            let lookup = KeyBytes::of(call_id, tag);
+            if let Some((key, d)) = self.dialogs.get_key_value(&*lookup) {
+                let direction = dialog::direction(key, d.callee_tag.as_deref(), from_tag, to_tag)?;
+                let to = if direction == Direction::ToCallee { d.callee } else { d.caller };
+                return Some(Found { call: key.clone(), direction, to, live: true });
+            }
+            let (key, e) = self.ended.get_key_value(&*lookup)?;
+            let direction = dialog::direction(key, e.callee_tag.as_deref(), from_tag, to_tag)?;
+            let to = if direction == Direction::ToCallee { e.callee } else { e.caller };
+            Some(Found { call: key.clone(), direction, to, live: false })
         })
     }
 
     /// True when a new INVITE for `call` would collide with a live call of the same key (or
     /// one waiting for admission): it must be refused, never replace that call.
     pub(super) fn call_in_use(&self, call: &CallKey) -> bool {
-        self.parked.contains_key(call) || self.dialogs.get(call).is_some_and(|d| d.phase != Phase::Ending)
+        self.parked.contains_key(call) || self.dialogs.contains_key(call)
     }
 
     pub(super) fn confirm_call(
@@ -121,21 +134,22 @@ impl Proxy {
     }
 
     /// A BYE was seen (sent by `by`): the channels are free now and the call's record is
-    /// written; the dialog stays for the BYE's transaction, then goes.
+    /// written; for T4 only which peer each side is stays, for requests that crossed the
+    /// BYE on the wire (after that, 481, as from the UAs themselves: RFC 3261 §15.1.2).
     pub(super) fn hangup_call(&mut self, now: Instant, call: &CallKey, by: HungUp) {
-        let Some(d) = self.dialogs.get_mut(call) else { return };
-        if d.phase == Phase::Ending {
-            return;
+        let Some(d) = self.dialogs.remove(call) else { return };
+        self.timers.cancel(d.expiry);
+        if let Some(t) = d.ack_wait {
+            self.timers.cancel(t);
         }
-        d.phase = Phase::Ending;
-        if let Some(r) = d.reservation.take() {
+        if let Some(r) = d.reservation {
             self.limiter.release(now, r);
         }
-        let record = d.record.take();
-        let old = d.expiry;
-        d.expiry = self.timers.at(now + LINGER, Timer::DialogExpiry(call.clone()));
-        self.timers.cancel(old);
-        if let Some(record) = record {
+        let until = now + T4;
+        let ended = Ended { callee_tag: d.callee_tag, caller: d.caller, callee: d.callee, until };
+        self.ended.insert(call.clone(), Box::new(ended));
+        self.timers.after(now, Lane::T4, Timer::Ended(call.clone()));
+        if let Some(record) = d.record {
             // A BYE before any answer (an early dialog) is the caller giving up.
             let outcome = match record.answered {
                 Some(_) => {
@@ -147,7 +161,14 @@ impl Proxy {
         }
     }
 
-    /// The one exit of a call record; releases its channels if the BYE did not already.
+    /// The short linger of a hung-up call is over (unless the key ended again since).
+    pub(super) fn forget_ended(&mut self, now: Instant, call: &CallKey) {
+        if self.ended.get(call).is_some_and(|e| e.until <= now) {
+            self.ended.remove(call);
+        }
+    }
+
+    /// The one exit of a live call other than its BYE; releases its channels.
     pub(super) fn drop_call(&mut self, now: Instant, call: &CallKey, why: CallEnd) {
         if let Some(d) = self.dialogs.remove(call) {
             self.timers.cancel(d.expiry);

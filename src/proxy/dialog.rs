@@ -13,13 +13,11 @@ pub enum Phase {
     /// INVITE forwarded, no 2xx yet.
     Early,
     Confirmed,
-    /// BYE seen; kept briefly so its response and retransmissions are still routed.
-    Ending,
 }
 
+/// A call the proxy tracks; the caller's tag is part of its key ([`CallKey::caller_tag`]).
 #[derive(Debug)]
 pub struct Dialog {
-    pub caller_tag: Bytes,
     pub callee_tag: Option<Bytes>,
     pub caller: Peer,
     pub callee: Peer,
@@ -53,16 +51,33 @@ pub enum Direction {
     ToCaller,
 }
 
-impl Dialog {
-    /// Matches an in-dialog request's tags to a side of this dialog.
-    pub fn direction(&self, from_tag: &[u8], to_tag: &[u8]) -> Option<Direction> {
-        let callee = self.callee_tag.as_deref();
-        if from_tag == &self.caller_tag[..] && callee.is_none_or(|c| c == to_tag) {
-            Some(Direction::ToCallee)
-        } else if to_tag == &self.caller_tag[..] && callee.is_none_or(|c| c == from_tag) {
-            Some(Direction::ToCaller)
-        } else {
-            None
-        }
+/// What stays of a call once it is hung up (its channels are free and its record written),
+/// for the few seconds in which requests that crossed its BYE on the wire may still arrive:
+/// which peer each side is. The BYE's own retransmissions and answers belong to its
+/// transaction, which lingers on its own.
+#[derive(Debug)]
+pub struct Ended {
+    pub callee_tag: Option<Bytes>,
+    pub caller: Peer,
+    pub callee: Peer,
+    /// When it is forgotten (a call of the same key may end again meanwhile).
+    pub until: tokio::time::Instant,
+}
+
+/// Matches an in-dialog request's tags to a side of the call `key` (whose callee tag is
+/// known once answered).
+pub fn direction(
+    key: &CallKey,
+    callee_tag: Option<&[u8]>,
+    from_tag: &[u8],
+    to_tag: &[u8],
+) -> Option<Direction> {
+    let caller = key.caller_tag();
+    if from_tag == caller && callee_tag.is_none_or(|c| c == to_tag) {
+        Some(Direction::ToCallee)
+    } else if to_tag == caller && callee_tag.is_none_or(|c| c == from_tag) {
+        Some(Direction::ToCaller)
+    } else {
+        None
     }
 }

@@ -16,6 +16,7 @@ pub mod flow;
 pub mod forward;
 pub mod identity;
 pub mod ids;
+mod linger;
 pub mod node;
 mod pending;
 pub(crate) mod ratelog;
@@ -46,10 +47,15 @@ use crate::sip::edit::Splice;
 use crate::sip::{HeaderName, Message, reply};
 use crate::stats::Stats;
 use crate::usage::UsageTracker;
-use dialog::{CallKey, Dialog};
+use dialog::{CallKey, Dialog, Ended};
 use identity::Identity;
+use ids::{ServerKey, Spread};
 use timer::Timers;
-use transaction::{Tx, TxId};
+use transaction::{ServerSide, Tx, TxId};
+
+/// Maps keyed by what a caller sends (Call-IDs, tags, branches): a keyed hash (ahash's
+/// random keys), so nobody can aim many keys at one bucket.
+type CallerKeyed<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// Something the I/O layer must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,13 +92,18 @@ pub const MAX_DIALOGS: usize = 1_000_000;
 pub struct Proxy {
     config: Arc<Config>,
     me: Identity,
-    txs: HashMap<TxId, Tx>,
-    /// Server transaction key (branch + sent-by + method) to transaction.
-    by_server: HashMap<Vec<u8>, TxId>,
+    txs: HashMap<TxId, Tx, Spread>,
+    /// Server transaction key (branch + sent-by + method) to the transaction, or to what is
+    /// left of it while it lingers.
+    by_server: HashMap<ServerKey, ServerSide, Spread>,
+    /// Finished transactions still lingering (part of `by_server`), for table sizes.
+    lingering: usize,
     /// Branch id of the current client branch to transaction.
-    by_branch: HashMap<Vec<u8>, TxId>,
+    by_branch: CallerKeyed<Vec<u8>, TxId>,
     /// Tracked calls by Call-ID and caller tag.
-    dialogs: HashMap<CallKey, Dialog>,
+    dialogs: CallerKeyed<CallKey, Dialog>,
+    /// Calls hung up in the last few seconds, for requests that crossed their BYE.
+    ended: CallerKeyed<CallKey, Box<Ended>>,
     timers: Timers,
     seq: u64,
     /// This shard's number, in the top bits of every transaction id it makes (so an answer
@@ -115,16 +126,16 @@ pub struct Proxy {
     planner: Planner,
     customers: CustomerIndex,
     /// New calls recently challenged (401/407): their expiry timers.
-    challenged: HashMap<CallKey, timer::TimerKey>,
+    challenged: CallerKeyed<CallKey, timer::TimerKey>,
     /// Recently refused requests (answered statelessly under pressure), and the number of
     /// live transactions beyond which refusals carry no state.
     refused: refused::RecentRefusals,
     stateless_above: usize,
     /// Requests sluice sent on its own (BYE of an unacknowledged call), by branch.
-    own: HashMap<Vec<u8>, teardown::OwnRequest>,
+    own: CallerKeyed<Vec<u8>, teardown::OwnRequest>,
     /// New calls parked for admission (spike buffer or a cluster answer), so a second
     /// INVITE of the same call cannot slip in beside them.
-    parked: HashMap<CallKey, TxId>,
+    parked: CallerKeyed<CallKey, TxId>,
     /// The node's spike buffer (`[overflow] queue_ms`), shared by every shard, and the
     /// earliest serving time a call this shard queued asked for (the node's timer takes it).
     waitroom: Arc<waitroom::Waitroom>,
@@ -161,9 +172,9 @@ impl Proxy {
             limiter: shared.limiter.clone(),
             planner: Planner::new(&config),
             customers: CustomerIndex::new(&config),
-            challenged: HashMap::new(),
-            parked: HashMap::new(),
-            own: HashMap::new(),
+            challenged: CallerKeyed::default(),
+            parked: CallerKeyed::default(),
+            own: CallerKeyed::default(),
             refused: refused::RecentRefusals::default(),
             stateless_above: refused::STATELESS_ABOVE,
             waitroom: shared.waitroom.clone(),
@@ -175,10 +186,12 @@ impl Proxy {
             me: Identity::new(&config),
             auth: config.auth.as_ref().map(|a| crate::auth::Verifier::new(a, Instant::now())),
             config,
-            txs: HashMap::new(),
-            by_server: HashMap::new(),
-            by_branch: HashMap::new(),
-            dialogs: HashMap::new(),
+            txs: HashMap::default(),
+            by_server: HashMap::default(),
+            lingering: 0,
+            by_branch: CallerKeyed::default(),
+            dialogs: CallerKeyed::default(),
+            ended: CallerKeyed::default(),
             timers: Timers::default(),
             seq: 0,
             shard,
@@ -267,7 +280,7 @@ impl Proxy {
 
     /// Calls (dialogs) the proxy tracks, early or confirmed.
     pub fn active_calls(&self) -> usize {
-        self.dialogs.values().filter(|d| d.phase != dialog::Phase::Ending).count()
+        self.dialogs.len()
     }
 
     pub fn transactions(&self) -> usize {
@@ -281,7 +294,11 @@ impl Proxy {
 
     /// Sizes of the internal tables, for tests and /status: (transactions, dialogs, timers).
     pub fn table_sizes(&self) -> (usize, usize, usize) {
-        (self.txs.len() + self.own.len(), self.dialogs.len() + self.challenged.len(), self.timers.len())
+        (
+            self.txs.len() + self.lingering + self.own.len(),
+            self.dialogs.len() + self.ended.len() + self.challenged.len(),
+            self.timers.len(),
+        )
     }
 
     /// Changes the number of live transactions beyond which refusals are answered without
@@ -354,7 +371,7 @@ impl Proxy {
     ) {
         if msg.method() == Some(crate::sip::Method::Invite) && answer.status >= 300 && !self.under_pressure()
         {
-            let key = request::server_key(msg, None);
+            let key = request::server_key(&self.secret, msg, None);
             if !self.by_server.contains_key(&key) {
                 if let Some(id) = self.new_tx(now, source, msg, key, Vec::new(), false) {
                     return self.final_answer(now, id, answer.status, answer.reason, extra, out);

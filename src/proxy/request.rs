@@ -10,7 +10,9 @@ use super::forward::{self, RequestEdits};
 use super::pending::CallContext;
 use super::sanity::{self, Refusal};
 use super::timer::{T1, Timer};
-use super::transaction::{Branch, ClientState, Failure, ServerState, Target, Tx, TxId};
+use super::transaction::{
+    Branch, ClientState, Failure, ServerKey, ServerSide, ServerState, Target, Tx, TxId,
+};
 use super::{Action, Answer, MAX_DIALOGS, MAX_TRANSACTIONS, Proxy, branch};
 use crate::limit::plan::RouteRef;
 use crate::peer::{Peer, Transport};
@@ -53,9 +55,9 @@ impl Proxy {
             Method::Cancel => return self.on_cancel(now, source, msg, out),
             _ => {}
         }
-        let key = server_key(msg, None);
-        if let Some(&id) = self.by_server.get(&key) {
-            return self.absorb_retransmission(id, out);
+        let key = server_key(&self.secret, msg, None);
+        if self.by_server.contains_key(&key) {
+            return self.absorb_retransmission(key, out);
         }
         if let Some(tags) = proxy_require(msg) {
             // RFC 3261 §16.3 step 5: sluice supports no option tags, so every one a request
@@ -133,7 +135,7 @@ impl Proxy {
         source: Peer,
         msg: &Message<'_>,
         uri: Option<Uri<'_>>,
-        key: Vec<u8>,
+        key: ServerKey,
         out: &mut Vec<Action>,
     ) {
         let method = msg.method().unwrap_or(Method::Other);
@@ -254,12 +256,12 @@ impl Proxy {
             return;
         }
         let ctx = CallContext { call_id, source, customer, user, number };
-        let Some((targets, reservation, record)) = self.admit(now, plan, &ctx, msg, out, key.clone()) else {
+        let Some((targets, reservation, record)) = self.admit(now, plan, &ctx, msg, out, key) else {
             return;
         };
         // The call record first, so every way the transaction can end (even at once, when
         // no target is left) ends the call and releases its channels.
-        self.open_call(now, call.clone(), from_tag, source, reservation, record);
+        self.open_call(now, call.clone(), source, reservation, record);
         if self.open_tx(now, source, msg, key, targets, true, out).is_none() {
             self.drop_call(now, &call, super::call::CallEnd::Failed { status: 0, cancelled: false });
         }
@@ -273,23 +275,17 @@ impl Proxy {
         source: Peer,
         msg: &Message<'_>,
         to_tag: &[u8],
-        key: Vec<u8>,
+        key: ServerKey,
         out: &mut Vec<Action>,
     ) {
         let call_id = msg.call_id().unwrap_or_default();
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
         let method = msg.method().unwrap_or(Method::Other);
-        let Some((call, direction)) = self.find_call(call_id, from_tag, to_tag) else {
+        let Some(found) = self.find_call(call_id, from_tag, to_tag) else {
             return self.no_dialog(now, source, msg, out);
         };
-        let Some(dialog) = self.dialogs.get(&call) else {
-            return self.no_dialog(now, source, msg, out);
-        };
-        let target = match direction {
-            Direction::ToCallee => dialog.callee,
-            Direction::ToCaller => dialog.caller,
-        };
-        if method == Method::Bye {
+        let (call, direction, target) = (found.call, found.direction, found.to);
+        if method == Method::Bye && found.live {
             let by = match direction {
                 Direction::ToCallee => super::record::HungUp::Caller,
                 Direction::ToCaller => super::record::HungUp::Callee,
@@ -331,7 +327,7 @@ impl Proxy {
         source: Peer,
         msg: &Message<'_>,
         flow: Peer,
-        key: Vec<u8>,
+        key: ServerKey,
         out: &mut Vec<Action>,
     ) {
         let targets = vec![Target::plain(flow)];
@@ -363,7 +359,7 @@ impl Proxy {
             admitted: Some(now),
             answered: None,
         });
-        self.open_call(now, call.clone(), from_tag, source, crate::limit::Reservation::default(), record);
+        self.open_call(now, call.clone(), source, crate::limit::Reservation::default(), record);
         if self.open_tx(now, source, msg, key, targets, true, out).is_none() {
             self.drop_call(now, &call, super::call::CallEnd::Failed { status: 0, cancelled: false });
         }
@@ -385,7 +381,7 @@ impl Proxy {
         now: Instant,
         source: Peer,
         msg: &Message<'_>,
-        key: Vec<u8>,
+        key: ServerKey,
         targets: Vec<Target>,
         creates_dialog: bool,
         out: &mut Vec<Action>,
@@ -425,7 +421,7 @@ impl Proxy {
         now: Instant,
         source: Peer,
         msg: &Message<'_>,
-        key: Vec<u8>,
+        key: ServerKey,
         mut targets: Vec<Target>,
         creates_dialog: bool,
     ) -> Option<TxId> {
@@ -443,7 +439,7 @@ impl Proxy {
             call: creates_dialog.then(|| {
                 CallKey::new(msg.call_id().unwrap_or_default(), msg.tag(HeaderName::From).unwrap_or_default())
             }),
-            server_key: key.clone(),
+            server_key: key,
             source,
             reply_to,
             request: Bytes::copy_from_slice(&msg.buf[..msg.body.end as usize]),
@@ -460,7 +456,7 @@ impl Proxy {
             creates_dialog,
             created: now,
         };
-        self.by_server.insert(key, id);
+        self.by_server.insert(key, ServerSide::Live(id));
         self.txs.insert(id, tx);
         Some(id)
     }
@@ -534,7 +530,7 @@ impl Proxy {
         }));
         self.by_branch.insert(branch_id, id);
         if target.transport == Transport::Udp {
-            self.timers.at(now + T1, Timer::Retransmit(id, number));
+            self.timers.after(now, super::timer::Lane::T1, Timer::Retransmit(id, number));
         }
         if let Some(d) = tx.call.as_ref().and_then(|c| self.dialogs.get_mut(c)) {
             if tx.creates_dialog && d.phase == Phase::Early {
@@ -545,14 +541,19 @@ impl Proxy {
         true
     }
 
-    /// A retransmitted request: the last response is sent again (or nothing yet: absorbed).
-    fn absorb_retransmission(&mut self, id: TxId, out: &mut Vec<Action>) {
-        let Some(tx) = self.txs.get(&id) else { return };
-        if tx.server == ServerState::Accepted {
-            return; // RFC 6026: INVITE retransmission after 2xx is absorbed
-        }
-        if let Some(last) = tx.last_response.clone() {
-            let to = tx.reply_to;
+    /// A retransmitted request: the last response is sent again (or nothing yet: absorbed;
+    /// after a 2xx to an INVITE, always: RFC 6026).
+    fn absorb_retransmission(&mut self, key: ServerKey, out: &mut Vec<Action>) {
+        let again = match self.by_server.get(&key) {
+            Some(ServerSide::Live(id)) => self
+                .txs
+                .get(id)
+                .filter(|tx| tx.server != ServerState::Accepted)
+                .and_then(|tx| Some((tx.reply_to, tx.last_response.clone()?))),
+            Some(ServerSide::Done(Some(answered))) => Some((answered.to, answered.response.clone())),
+            Some(ServerSide::Done(None)) | None => None,
+        };
+        if let Some((to, last)) = again {
             self.send(out, to, last, None, false);
         }
     }
@@ -560,17 +561,17 @@ impl Proxy {
     /// ACK: for a non-2xx the proxy answered, it ends the server transaction here; for a
     /// 2xx it is an in-dialog request that travels end to end, statelessly.
     fn on_ack(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
-        let key = server_key(msg, Some(b"INVITE"));
-        if let Some(&id) = self.by_server.get(&key) {
+        let key = server_key(&self.secret, msg, Some(b"INVITE"));
+        if let Some(&ServerSide::Live(id)) = self.by_server.get(&key) {
             if let Some(tx) = self.txs.get_mut(&id) {
                 if tx.server == ServerState::Completed {
+                    // Timer I: ACK retransmissions are absorbed for T4 over UDP.
                     tx.server = ServerState::Confirmed;
-                    let linger = if tx.reply_to.transport == Transport::Udp {
-                        super::timer::T4
+                    if tx.reply_to.transport == Transport::Udp {
+                        self.timers.after(now, super::timer::Lane::T4, Timer::Forget(id));
                     } else {
-                        std::time::Duration::ZERO
-                    };
-                    self.timers.at(now + linger, Timer::Forget(id));
+                        self.timers.at(now, Timer::Forget(id));
+                    }
                 }
                 if tx.server != ServerState::Accepted {
                     return;
@@ -582,20 +583,14 @@ impl Proxy {
             return;
         };
         let from_tag = msg.tag(HeaderName::From).unwrap_or_default();
-        let found = self.find_call(call_id, from_tag, to_tag);
-        if let Some((call, Direction::ToCallee)) = &found {
-            self.acked(call);
-        }
-        let Some(target) = found.and_then(|(call, dir)| {
-            let d = self.dialogs.get(&call)?;
-            Some(match dir {
-                Direction::ToCallee => d.callee,
-                Direction::ToCaller => d.caller,
-            })
-        }) else {
+        let Some(found) = self.find_call(call_id, from_tag, to_tag) else {
             Stats::bump(&self.stats.stray);
             return;
         };
+        if found.live && found.direction == Direction::ToCallee {
+            self.acked(&found.call);
+        }
+        let target = found.to;
         let seq = self.next_seq();
         let branch_id = branch::make(&self.secret, branch::loop_hash(&self.secret, msg), seq);
         let (data, _) = forward::request(
@@ -616,12 +611,17 @@ impl Proxy {
     /// CANCEL is answered `200` hop by hop and, once the branch has a provisional response,
     /// sent on to the gateway (RFC 3261 §16.10). The 487 then comes back on the INVITE.
     fn on_cancel(&mut self, now: Instant, source: Peer, msg: &Message<'_>, out: &mut Vec<Action>) {
-        let key = server_key(msg, Some(b"INVITE"));
-        let Some(&id) = self.by_server.get(&key) else {
+        let key = server_key(&self.secret, msg, Some(b"INVITE"));
+        let Some(side) = self.by_server.get(&key) else {
             self.reply(now, msg, source, Answer::new(481, "Call/Transaction Does Not Exist"), &[], out);
             return;
         };
+        let live = match side {
+            ServerSide::Live(id) => Some(*id),
+            ServerSide::Done(_) => None,
+        };
         self.reply(now, msg, source, Answer::new(200, "OK"), &[], out);
+        let Some(id) = live else { return };
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
@@ -705,35 +705,28 @@ fn proxy_require(msg: &Message<'_>) -> Option<Vec<u8>> {
 
 /// The server transaction key (RFC 3261 §17.2.3): branch, sent-by and method (ACK and CANCEL
 /// look up their INVITE with `method` = INVITE). Pre-RFC 3261 branches fall back to Call-ID,
-/// From tag, CSeq number and the whole top Via.
-pub(super) fn server_key(msg: &Message<'_>, method: Option<&[u8]>) -> Vec<u8> {
+/// From tag, CSeq number and the whole top Via. Each field is hashed with its length, so no
+/// two different field lists feed the hash the same bytes.
+pub(super) fn server_key(secret: &branch::Secret, msg: &Message<'_>, method: Option<&[u8]>) -> ServerKey {
     let method = method.unwrap_or_else(|| msg.cseq().map(|(_, m)| m).unwrap_or_default());
-    let mut key = Vec::with_capacity(96);
     let top = msg.first(HeaderName::Via);
     let parsed = top.and_then(|h| via::parse_first(msg.bytes(h.value)));
-    match parsed.as_ref().and_then(|v| {
+    let rfc3261 = parsed.as_ref().and_then(|v| {
         v.branch
             .filter(|b| b.starts_with(via::MAGIC_COOKIE) && b.len() > via::MAGIC_COOKIE.len())
             .map(|b| (v, b))
-    }) {
-        Some((v, b)) => {
-            key.extend_from_slice(b);
-            key.push(b'|');
-            key.extend_from_slice(v.host);
-            key.extend_from_slice(&v.port.unwrap_or(0).to_be_bytes());
-        }
-        None => {
-            key.extend_from_slice(msg.call_id().unwrap_or_default());
-            key.push(b'|');
-            key.extend_from_slice(msg.tag(HeaderName::From).unwrap_or_default());
-            key.push(b'|');
-            key.extend_from_slice(&msg.cseq().map_or(0, |(n, _)| n).to_be_bytes());
-            key.extend_from_slice(top.map(|h| msg.bytes(h.value)).unwrap_or_default());
-        }
-    }
-    key.push(b'|');
-    key.extend_from_slice(method);
-    key
+    });
+    ServerKey(match rfc3261 {
+        Some((v, b)) => secret.hash((b's', b, v.host, v.port.unwrap_or(0), method)),
+        None => secret.hash((
+            b'o',
+            msg.call_id().unwrap_or_default(),
+            msg.tag(HeaderName::From).unwrap_or_default(),
+            msg.cseq().map_or(0, |(n, _)| n),
+            top.map(|h| msg.bytes(h.value)).unwrap_or_default(),
+            method,
+        )),
+    })
 }
 
 /// The user part of the To URI (a REGISTER's address-of-record).

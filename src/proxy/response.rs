@@ -8,8 +8,8 @@ use tokio::time::Instant;
 use super::call::CallEnd;
 use super::dialog::Phase;
 use super::forward;
-use super::timer::{LINGER, T1, TIMER_C, Timer};
-use super::transaction::{ClientState, ServerState, TxId};
+use super::timer::{Lane, T1, TIMER_C, Timer};
+use super::transaction::{Answered, ClientState, ServerState, TxId};
 use super::{Action, Proxy};
 use crate::peer::{Peer, Transport};
 use crate::sip::{HeaderName, Message, via};
@@ -144,49 +144,38 @@ impl Proxy {
         };
         let data = Bytes::from(forward::response(msg));
         let to = tx.reply_to;
-        let first = tx.server == ServerState::Proceeding;
-        if let Some(b) = tx.branch.as_mut() {
-            b.settle(&mut self.timers);
-        }
-        if first {
-            tx.server = if tx.is_invite { ServerState::Accepted } else { ServerState::Completed };
-            // An accepted INVITE absorbs retransmissions silently and 2xx retransmissions
-            // come from the gateway: nothing to keep. A non-INVITE re-sends its answer.
-            tx.last_response = if tx.is_invite { None } else { Some(data.clone()) };
-            let request = std::mem::take(&mut tx.request);
-            let linger = if tx.is_invite || to.transport == Transport::Udp {
-                LINGER
-            } else {
-                std::time::Duration::ZERO
-            };
-            self.timers.at(now + linger, Timer::Forget(id));
-            // Later responses on this branch (2xx retransmissions) are forwarded
-            // statelessly along the Via: the branch itself is no longer needed.
-            let branch = tx.branch.take();
-            tx.remaining = Vec::new();
-            if let Some(b) = &branch {
-                self.by_branch.remove(&b.id);
+        if tx.server != ServerState::Proceeding {
+            // A final answer went up already (a non-2xx, or the proxy's own): a 2xx to an
+            // INVITE still goes up, since only the caller's ACK stops it (RFC 3261 §16.7
+            // item 10, §13.3.1.4); anything else was answered.
+            if tx.is_invite {
+                self.send(out, to, data, None, false);
             }
-            let (creates_dialog, refreshes) = (tx.is_invite && tx.creates_dialog, tx.refreshes_session);
-            let call = tx.call.clone();
-            if let Some(call) = call {
-                if creates_dialog {
-                    let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
-                    self.confirm_call(now, &call, to_tag, branch.as_ref().map(|b| b.target));
-                    self.expect_ack(now, &call, request, data.clone());
-                }
-                if creates_dialog || refreshes {
-                    if let Some(seconds) = session_expires(msg) {
-                        self.refresh_session(now, &call, seconds);
-                    }
+            return;
+        }
+        tx.server = if tx.is_invite { ServerState::Accepted } else { ServerState::Completed };
+        let request = std::mem::take(&mut tx.request);
+        let callee = tx.branch.as_ref().map(|b| b.target);
+        let (creates_dialog, refreshes) = (tx.is_invite && tx.creates_dialog, tx.refreshes_session);
+        let call = tx.call.clone();
+        // An accepted INVITE absorbs retransmissions silently, and later 2xx retransmissions
+        // are forwarded statelessly along the Via: only its key lingers. A non-INVITE keeps
+        // its answer for retransmitted requests.
+        let answered = (!tx.is_invite).then(|| Box::new(Answered { to, response: data.clone() }));
+        self.conclude(now, id, answered);
+        if let Some(call) = call {
+            if creates_dialog {
+                let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
+                self.confirm_call(now, &call, to_tag, callee);
+                self.expect_ack(now, &call, request, data.clone());
+            }
+            if creates_dialog || refreshes {
+                if let Some(seconds) = session_expires(msg) {
+                    self.refresh_session(now, &call, seconds);
                 }
             }
         }
-        // Every 2xx to an INVITE is forwarded, retransmissions included: only the caller's
-        // ACK stops them (RFC 3261 §16.7 item 10, §13.3.1.4).
-        if first || self.txs.get(&id).is_some_and(|t| t.is_invite) {
-            self.send(out, to, data, None, false);
-        }
+        self.send(out, to, data, None, false);
     }
 
     fn failure(&mut self, now: Instant, id: TxId, status: u16, msg: &Message<'_>, out: &mut Vec<Action>) {
@@ -268,18 +257,21 @@ impl Proxy {
             return;
         };
         tx.server = ServerState::Completed;
-        tx.last_response = Some(data.clone());
         tx.request = Bytes::new();
         let to = tx.reply_to;
         let (is_invite, creates_dialog, cancelled) = (tx.is_invite, tx.creates_dialog, tx.cancelled);
         let call = tx.call.clone();
-        if is_invite && to.transport == Transport::Udp {
-            tx.final_interval = T1;
-            self.timers.at(now + T1, Timer::ResendFinal(id));
+        if is_invite {
+            // Kept whole until the ACK: Timer G re-sends the answer over UDP, Timer H ends it.
+            tx.last_response = Some(data.clone());
+            if to.transport == Transport::Udp {
+                tx.final_interval = T1;
+                self.timers.at(now + T1, Timer::ResendFinal(id));
+            }
+            self.timers.after(now, Lane::Linger, Timer::Forget(id));
+        } else {
+            self.conclude(now, id, Some(Box::new(Answered { to, response: data.clone() })));
         }
-        let linger =
-            if to.transport == Transport::Udp || is_invite { LINGER } else { std::time::Duration::ZERO };
-        self.timers.at(now + linger, Timer::Forget(id));
         if let Some(call) =
             call.filter(|c| creates_dialog && self.dialogs.get(c).is_some_and(|d| d.phase == Phase::Early))
         {

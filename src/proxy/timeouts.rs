@@ -25,13 +25,9 @@ impl Proxy {
             Timer::ChallengeExpiry(call) => {
                 self.challenged.remove(&call);
             }
-            Timer::DialogExpiry(call) => {
-                let why = match self.dialogs.get(&call).map(|d| d.phase) {
-                    Some(super::dialog::Phase::Ending) => CallEnd::Hangup,
-                    _ => CallEnd::Expired,
-                };
-                self.drop_call(now, &call, why);
-            }
+            Timer::DialogExpiry(call) => self.drop_call(now, &call, CallEnd::Expired),
+            Timer::Linger(key) => self.linger_over(key),
+            Timer::Ended(call) => self.forget_ended(now, &call),
         }
     }
 
@@ -208,7 +204,8 @@ impl Proxy {
             return;
         }
         if let Some(tx) = self.txs.remove(&id) {
-            if self.by_server.get(&tx.server_key) == Some(&id) {
+            if matches!(self.by_server.get(&tx.server_key), Some(super::transaction::ServerSide::Live(x)) if *x == id)
+            {
                 self.by_server.remove(&tx.server_key);
             }
             if let Some(mut b) = tx.branch {

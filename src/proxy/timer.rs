@@ -3,12 +3,12 @@
 //! their reason goes away; a short one that no longer matches its transaction's state
 //! (answered, failed over, removed) is ignored when it fires.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use tokio::time::Instant;
 
 pub use super::ids::TimerKey;
-use super::ids::{CallKey, TxId};
+use super::ids::{CallKey, ServerKey, TxId};
 
 /// RFC 3261 T1 (RTT estimate) and T2 (maximum retransmit interval for non-INVITE).
 pub const T1: std::time::Duration = std::time::Duration::from_millis(500);
@@ -42,6 +42,35 @@ pub enum Timer {
     ResendOwn(Vec<u8>),
     /// A remembered 401/407 challenge (of this call) is forgotten.
     ChallengeExpiry(CallKey),
+    /// A finished server transaction's linger is over: its key is forgotten.
+    Linger(ServerKey),
+    /// A hung-up call's short linger (requests that crossed its BYE) is over.
+    Ended(CallKey),
+}
+
+/// Timers whose delay never changes, each kind kept in a queue of its own: deadlines arrive
+/// in the order they were set, so the earliest is at the front, setting one is a push and
+/// firing one a pop, with no tree node per timer. Most of a call's timers are of these
+/// kinds. They cannot be cancelled: what one concerns is checked when it fires, and it does
+/// nothing if that is gone or has moved on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The first retransmission of a request over UDP (Timers A/E).
+    T1,
+    /// A transaction's or a hung-up call's short linger (Timer I, the crossing-BYE window).
+    T4,
+    /// 64*T1: a finished transaction's linger (Timers H/J/L).
+    Linger,
+}
+
+impl Lane {
+    fn delay(self) -> std::time::Duration {
+        match self {
+            Self::T1 => T1,
+            Self::T4 => T4,
+            Self::Linger => LINGER,
+        }
+    }
 }
 
 /// Scheduled timers in deadline order. Cancellation removes the entry, so the map holds only
@@ -49,6 +78,7 @@ pub enum Timer {
 #[derive(Debug, Default)]
 pub struct Timers {
     map: BTreeMap<TimerKey, Timer>,
+    lanes: [VecDeque<(Instant, Timer)>; 3],
     seq: u64,
 }
 
@@ -60,28 +90,75 @@ impl Timers {
         key
     }
 
+    /// Sets a timer of a fixed-delay kind: due at `now` + the lane's delay. The core's clock
+    /// only moves forward, so the lane stays in deadline order (were it to step back, a
+    /// timer would fire late, never early).
+    pub fn after(&mut self, now: Instant, lane: Lane, timer: Timer) {
+        if let Some(q) = self.lanes.get_mut(lane as usize) {
+            q.push_back((now + lane.delay(), timer));
+        }
+    }
+
     pub fn cancel(&mut self, key: TimerKey) {
         self.map.remove(&key);
     }
 
     /// The earliest deadline, for the I/O layer's sleep.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.map.first_key_value().map(|((when, _), _)| *when)
+        let tree = self.map.first_key_value().map(|((when, _), _)| *when);
+        let lanes = self.lanes.iter().filter_map(|q| q.front().map(|(when, _)| *when));
+        tree.into_iter().chain(lanes).min()
     }
 
-    /// Pops the next timer due at `now`.
+    /// Pops the next timer due at `now`, the earliest first.
     pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
-        match self.map.first_key_value() {
-            Some(((when, _), _)) if *when <= now => self.map.pop_first().map(|(_, t)| t),
-            _ => None,
+        let mut best = self.map.first_key_value().map(|((when, _), _)| *when).filter(|w| *w <= now);
+        let mut lane = None;
+        for (i, q) in self.lanes.iter().enumerate() {
+            if let Some((when, _)) = q.front().filter(|(w, _)| *w <= now && best.is_none_or(|b| *w < b)) {
+                best = Some(*when);
+                lane = Some(i);
+            }
+        }
+        match lane {
+            Some(i) => self.lanes.get_mut(i).and_then(VecDeque::pop_front).map(|(_, t)| t),
+            None if best.is_some() => self.map.pop_first().map(|(_, t)| t),
+            None => None,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.lanes.iter().map(VecDeque::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_and_tree_fire_in_deadline_order() {
+        let t0 = Instant::now();
+        let mut timers = Timers::default();
+        timers.after(t0, Lane::Linger, Timer::Forget(1));
+        timers.at(t0 + std::time::Duration::from_secs(1), Timer::Forget(2));
+        timers.after(t0, Lane::T1, Timer::Forget(3));
+        timers.after(t0 + std::time::Duration::from_millis(1), Lane::T1, Timer::Forget(4));
+        let cancelled = timers.at(t0 + std::time::Duration::from_millis(600), Timer::Forget(5));
+        timers.cancel(cancelled);
+        timers.after(t0, Lane::T4, Timer::Forget(6));
+        assert_eq!(timers.len(), 5);
+        assert_eq!(timers.next_deadline(), Some(t0 + T1));
+        assert_eq!(timers.pop_due(t0 + std::time::Duration::from_millis(499)), None);
+        let mut fired = Vec::new();
+        while let Some(Timer::Forget(n)) = timers.pop_due(t0 + LINGER) {
+            fired.push(n);
+        }
+        assert_eq!(fired, [3, 4, 2, 6, 1]);
+        assert!(timers.is_empty());
     }
 }

@@ -8,7 +8,26 @@ use tokio::time::Instant;
 use super::timer::{TimerKey, Timers};
 use crate::peer::Peer;
 
-pub use super::ids::TxId;
+pub use super::ids::{ServerKey, TxId};
+
+/// A server transaction as its key finds it: the full record while it is in progress (or an
+/// INVITE's non-2xx waits for its ACK), and afterwards only what absorbing retransmissions
+/// takes for the rest of RFC 3261's linger (Timers J and L), so the 32 s every finished
+/// transaction lingers cost a map slot and, for a non-INVITE over UDP, the answer's bytes.
+#[derive(Debug)]
+pub enum ServerSide {
+    Live(TxId),
+    /// Finished: a retransmitted request gets `Some` answer again; `None` for an INVITE
+    /// answered 2xx, whose retransmissions are absorbed silently (RFC 6026 Accepted).
+    Done(Option<Box<Answered>>),
+}
+
+/// The final answer of a finished non-INVITE transaction and where it went.
+#[derive(Debug)]
+pub struct Answered {
+    pub to: Peer,
+    pub response: Bytes,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
@@ -96,7 +115,7 @@ pub struct Tx {
     /// The tracked call this transaction belongs to (its initial INVITE, or a request
     /// inside it), if any.
     pub call: Option<super::ids::CallKey>,
-    pub server_key: Vec<u8>,
+    pub server_key: ServerKey,
     /// Who sent the request (for the Via stamp on every branch).
     pub source: Peer,
     /// Where responses go: the caller's stamped Via target (UDP) or its connection (TCP).
