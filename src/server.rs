@@ -199,6 +199,7 @@ impl Server {
             store,
             cluster: cluster.clone(),
             stats,
+            udp_senders: transport::UdpSenders::new(&self.udp),
             udp: self.udp.clone(),
             tcp: transport::tcp::Registry::default(),
             tls_conns: transport::tcp::Registry::default(),

@@ -105,9 +105,7 @@ pub fn request(
             out.extend_from_slice(crlf);
         });
     }
-    let mut out = Vec::with_capacity(msg.body.end as usize + 256);
-    s.write_range(0..msg.body.end as usize, &mut out);
-    (out, reply_to)
+    (s.to_vec(0..msg.body.end as usize), reply_to)
 }
 
 /// Writes `n` in decimal without allocating; returns the length.
@@ -186,9 +184,7 @@ pub fn response(msg: &Message<'_>) -> Vec<u8> {
     if let Some(h) = msg.first(HeaderName::Via) {
         remove_first_element(msg, h, &mut s);
     }
-    let mut out = Vec::with_capacity(msg.body.end as usize);
-    s.write_range(0..msg.body.end as usize, &mut out);
-    out
+    s.to_vec(0..msg.body.end as usize)
 }
 
 fn remove_first_element(msg: &Message<'_>, h: &Header, s: &mut Splice<'_>) {

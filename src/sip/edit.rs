@@ -55,11 +55,23 @@ impl<'a> Splice<'a> {
         out.extend_from_slice(&self.src[pos..range.end]);
     }
 
+    /// `src[range]` with its edits applied, in a buffer of exactly that size: it becomes
+    /// a `Bytes` without a second allocation, and what lingers holds no slack.
+    pub fn to_vec(&mut self, range: Range<usize>) -> Vec<u8> {
+        let mut len = range.len();
+        for (r, s) in &self.edits {
+            if r.start >= range.start && r.end <= range.end {
+                len = len.saturating_sub(r.len()).saturating_add(s.len());
+            }
+        }
+        let mut out = Vec::with_capacity(len);
+        self.write_range(range, &mut out);
+        out
+    }
+
     /// The whole edited message.
     pub fn finish(mut self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.src.len() + self.scratch.len());
-        self.write_range(0..self.src.len(), &mut out);
-        out
+        self.to_vec(0..self.src.len())
     }
 }
 
@@ -75,7 +87,10 @@ mod tests {
         s.insert(0, b"<");
         s.remove(2..4);
         s.insert_with(10, |v| v.extend_from_slice(b">"));
-        assert_eq!(s.finish(), b"<01456X89>");
+        assert_eq!(s.to_vec(1..9), b"1456X8");
+        let out = s.finish();
+        assert_eq!(out, b"<01456X89>");
+        assert_eq!(out.capacity(), out.len(), "sized exactly");
     }
 
     #[test]

@@ -76,6 +76,25 @@ fn nanos_since(epoch: Instant, t: Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The UDP socket that sends toward each address family: the first listener socket of it.
+#[derive(Default)]
+pub struct UdpSenders {
+    v4: Option<Arc<UdpSocket>>,
+    v6: Option<Arc<UdpSocket>>,
+}
+
+impl UdpSenders {
+    pub fn new(sockets: &[Arc<UdpSocket>]) -> Self {
+        let first =
+            |v4: bool| sockets.iter().find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == v4)).cloned();
+        Self { v4: first(true), v6: first(false) }
+    }
+
+    fn of(&self, to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        if to.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() }
+    }
+}
+
 /// Everything the socket tasks share.
 pub struct Shared {
     /// The sharded core: each shard behind its own lock, taken by whichever worker received
@@ -93,6 +112,8 @@ pub struct Shared {
     /// Every UDP socket: `workers` per UDP listener, all bound to the listener's address
     /// (SO_REUSEPORT), so any of them sends with the same source port.
     pub udp: Vec<Arc<UdpSocket>>,
+    /// The socket each address family sends from (looked up once, not per datagram).
+    pub udp_senders: UdpSenders,
     pub tcp: tcp::Registry,
     pub tls_conns: tcp::Registry,
     /// Certificates for TLS listeners and for verifying TLS gateways (swapped on reload).
@@ -144,9 +165,10 @@ impl Shared {
     }
 
     /// Runs the core on one received message and carries out what it decided.
-    pub fn handle(self: &Arc<Self>, source: Peer, bytes: &[u8]) {
-        let mut out = Vec::new();
-        let wake = self.node.on_message(Instant::now(), source, bytes, &mut out);
+    /// One received message through the core and out again. `out` is the receiving loop's
+    /// own buffer, reused message after message (left empty).
+    pub fn handle(self: &Arc<Self>, source: Peer, bytes: &[u8], out: &mut Vec<Action>) {
+        let wake = self.node.on_message(Instant::now(), source, bytes, out);
         self.wake_for(wake);
         self.dispatch(out);
     }
@@ -160,8 +182,9 @@ impl Shared {
         self.room_alarm.ring_if_earlier(self.clock_epoch, w.room);
     }
 
-    pub fn dispatch(self: &Arc<Self>, actions: Vec<Action>) {
-        for action in actions {
+    /// Carries out (and empties) `actions`.
+    pub fn dispatch(self: &Arc<Self>, actions: &mut Vec<Action>) {
+        for action in actions.drain(..) {
             match action {
                 Action::Send { to, data, tx } => match to.transport {
                     Transport::Udp => self.send_udp(to.addr, data),
@@ -173,9 +196,7 @@ impl Shared {
     }
 
     fn send_udp(self: &Arc<Self>, to: SocketAddr, data: Bytes) {
-        let Some(socket) =
-            self.udp.iter().find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == to.is_ipv4()))
-        else {
+        let Some(socket) = self.udp_senders.of(to) else {
             tracing::warn!(event = "transport.no_socket", to = %to, "no UDP socket of this address family");
             return;
         };
@@ -212,7 +233,7 @@ impl Shared {
             let mut out = Vec::new();
             let wake = shared.node.on_admission(Instant::now(), tx, answer, &mut out);
             shared.wake_for(Some(wake));
-            shared.dispatch(out);
+            shared.dispatch(&mut out);
         });
     }
 
@@ -221,7 +242,7 @@ impl Shared {
         let mut out = Vec::new();
         let wake = self.node.on_send_failed(Instant::now(), tx, to, &mut out);
         self.wake_for(Some(wake));
-        self.dispatch(out);
+        self.dispatch(&mut out);
     }
 
     /// Drives shard `k`'s timers until shutdown: sleeps until the shard's next deadline; a
@@ -244,7 +265,7 @@ impl Shared {
             let wake = self.node.on_shard_timer(k, now, &mut out);
             self.room_alarm.ring_if_earlier(self.clock_epoch, wake.room);
             if !out.is_empty() {
-                self.dispatch(out);
+                self.dispatch(&mut out);
             }
         }
     }
@@ -282,7 +303,8 @@ impl Shared {
                 for w in wakes {
                     self.wake_for(Some(w));
                 }
-                self.dispatch(out);
+                let mut out = out;
+                self.dispatch(&mut out);
             }
             if now >= next_sweep {
                 // Idle per-IP / per-user keys go, outside every shard.

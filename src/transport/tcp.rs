@@ -283,6 +283,7 @@ async fn run_connection<S>(
     });
     let peer = Peer::stream(transport, remote, Some(id));
     let mut buf = BytesMut::with_capacity(8192);
+    let mut out = Vec::new();
     // When the bytes of a message still incomplete began to arrive.
     let mut partial_since: Option<tokio::time::Instant> = None;
     'read: loop {
@@ -319,7 +320,7 @@ async fn run_connection<S>(
                 Ok(Frame::Message { len }) => {
                     partial_since = None;
                     let msg = buf.split_to(len);
-                    shared.handle(peer, &msg);
+                    shared.handle(peer, &msg, &mut out);
                 }
                 Err(e) => {
                     // A stream cannot be resynchronised after a framing error: close it.

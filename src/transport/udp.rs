@@ -12,6 +12,7 @@ use crate::stats::Stats;
 /// fills the buffer) is dropped and counted.
 pub async fn serve(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; shared.max_message + 1];
+    let mut out = Vec::new();
     loop {
         let received = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -19,7 +20,7 @@ pub async fn serve(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
         };
         match received {
             Ok((n, _)) if n > shared.max_message => Stats::bump(&shared.stats.oversize),
-            Ok((n, from)) => shared.handle(Peer::udp(from), &buf[..n]),
+            Ok((n, from)) => shared.handle(Peer::udp(from), &buf[..n], &mut out),
             // ICMP port unreachable surfaces as ConnectionReset on some platforms: not fatal.
             Err(e) => {
                 tracing::debug!(event = "transport.udp_error", error = %e, "recv_from failed")
