@@ -2,6 +2,7 @@
 //! [`Action`]s out. This layer owns no SIP logic; it frames TCP streams, reuses connections,
 //! and reports undeliverable requests back to the core.
 
+pub mod batch;
 pub mod dns;
 pub mod tcp;
 pub mod tls;
@@ -185,13 +186,47 @@ impl Shared {
     /// Carries out (and empties) `actions`.
     pub fn dispatch(self: &Arc<Self>, actions: &mut Vec<Action>) {
         for action in actions.drain(..) {
+            self.dispatch_one(action);
+        }
+    }
+
+    fn dispatch_one(self: &Arc<Self>, action: Action) {
+        match action {
+            Action::Send { to, data, tx } => match to.transport {
+                Transport::Udp => self.send_udp(to.addr, data),
+                Transport::Tcp | Transport::Tls => self.streams(to.transport).send(self, to, data, tx),
+            },
+            Action::Admit { tx, candidates, count_cps } => self.admit_remote(tx, candidates, count_cps),
+        }
+    }
+
+    /// One datagram of a received batch: as [`Shared::handle`], except that its UDP sends
+    /// wait in `outbox` for the end of the batch ([`Shared::flush`]).
+    pub fn handle_batched(
+        self: &Arc<Self>,
+        source: Peer,
+        bytes: &[u8],
+        out: &mut Vec<Action>,
+        outbox: &mut batch::Outbox,
+    ) {
+        let wake = self.node.on_message(Instant::now(), source, bytes, out);
+        self.wake_for(wake);
+        for action in out.drain(..) {
             match action {
-                Action::Send { to, data, tx } => match to.transport {
-                    Transport::Udp => self.send_udp(to.addr, data),
-                    Transport::Tcp | Transport::Tls => self.streams(to.transport).send(self, to, data, tx),
-                },
-                Action::Admit { tx, candidates, count_cps } => self.admit_remote(tx, candidates, count_cps),
+                Action::Send { to, data, .. } if to.transport == Transport::Udp => outbox.push(to.addr, data),
+                other => self.dispatch_one(other),
             }
+        }
+    }
+
+    /// Sends a batch's UDP datagrams, each family from its socket, many per system call.
+    pub fn flush(self: &Arc<Self>, outbox: &mut batch::Outbox) {
+        for v4 in [true, false] {
+            if outbox.is_empty() {
+                return;
+            }
+            let socket = if v4 { self.udp_senders.v4.as_deref() } else { self.udp_senders.v6.as_deref() };
+            outbox.flush(socket, v4, |to, data| self.send_udp(to, data));
         }
     }
 

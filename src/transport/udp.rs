@@ -1,29 +1,48 @@
-//! The UDP listener: one receive loop per socket, each datagram one message.
+//! The UDP listener: one receive loop per socket, each datagram one message, taken and
+//! answered in batches (`batch.rs`) when several are waiting.
 
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
 use super::Shared;
+use super::batch::{Inbox, Outbox};
 use crate::peer::Peer;
 use crate::stats::Stats;
 
 /// Receives datagrams until shutdown. A datagram larger than `max_message` (seen as one that
 /// fills the buffer) is dropped and counted.
 pub async fn serve(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; shared.max_message + 1];
+    let mut inbox = Inbox::new(shared.max_message + 1);
+    let mut outbox = Outbox::default();
     let mut out = Vec::new();
     loop {
-        let received = tokio::select! {
+        // Waiting for readiness (immediate while datagrams remain) also lets tokio's
+        // budget move other tasks on this worker between batches.
+        let ready = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            r = socket.recv_from(&mut buf) => r,
+            r = socket.readable() => r,
         };
-        match received {
-            Ok((n, _)) if n > shared.max_message => Stats::bump(&shared.stats.oversize),
-            Ok((n, from)) => shared.handle(Peer::udp(from), &buf[..n], &mut out),
-            // ICMP port unreachable surfaces as ConnectionReset on some platforms: not fatal.
+        if let Err(e) = ready {
+            tracing::warn!(event = "transport.udp_error", error = %e, "UDP socket failed");
+            return;
+        }
+        match inbox.recv(&socket) {
+            Ok(n) => {
+                for i in 0..n {
+                    let Some((bytes, from)) = inbox.get(i) else { continue };
+                    if bytes.len() > shared.max_message {
+                        Stats::bump(&shared.stats.oversize);
+                        continue;
+                    }
+                    shared.handle_batched(Peer::udp(from), bytes, &mut out, &mut outbox);
+                }
+                shared.flush(&mut outbox);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // ICMP port unreachable surfaces as ConnectionRefused on the next receive: not fatal.
             Err(e) => {
-                tracing::debug!(event = "transport.udp_error", error = %e, "recv_from failed")
+                tracing::debug!(event = "transport.udp_error", error = %e, "recvmmsg failed")
             }
         }
     }
