@@ -118,7 +118,9 @@ struct StateFile {
 pub struct UsageTracker {
     keep_minutes: usize,
     anchor: (Instant, u64),
-    series: HashMap<(String, String), Series>,
+    /// By scope, then name: looked up with the caller's `&str`s, so recording a call (on
+    /// the SIP path, under this tracker's lock) allocates nothing.
+    series: HashMap<String, HashMap<String, Series>>,
 }
 
 impl UsageTracker {
@@ -144,21 +146,25 @@ impl UsageTracker {
         let ms = self.unix_ms(now);
         let keep = self.keep_minutes;
         for (scope, name) in keys {
-            match self.series.get_mut(&(scope.to_string(), name.to_string())) {
+            let names = match self.series.get_mut(*scope) {
+                Some(names) => names,
+                None => self.series.entry((*scope).to_string()).or_default(),
+            };
+            match names.get_mut(*name) {
                 Some(s) => s.record(ms, keep),
-                None => {
-                    let mut s = Series::default();
-                    s.record(ms, keep);
-                    self.series.insert((scope.to_string(), name.to_string()), s);
-                }
+                None => names.entry((*name).to_string()).or_default().record(ms, keep),
             }
         }
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&str, &str, &Series)> {
+        self.series.iter().flat_map(|(scope, names)| names.iter().map(move |(name, s)| (scope.as_str(), name.as_str(), s)))
     }
 
     /// Closes finished minutes of every scope (idle scopes get their zero minutes).
     pub fn roll(&mut self, now: Instant) {
         let minute = self.unix_ms(now) / 60_000;
-        for s in self.series.values_mut() {
+        for s in self.series.values_mut().flat_map(HashMap::values_mut) {
             s.roll_to(minute, self.keep_minutes);
         }
     }
@@ -166,7 +172,7 @@ impl UsageTracker {
     /// p95, max and minutes recorded per scope, server first, then by scope and name.
     pub fn report(&self) -> Vec<UsageRow> {
         let mut rows: Vec<UsageRow> =
-            self.series.iter().map(|((scope, name), s)| s.row(scope, name)).collect();
+            self.all().map(|(scope, name, s)| s.row(scope, name)).collect();
         rows.sort_by(|a, b| {
             (a.scope != "server", &a.scope, &a.name).cmp(&(b.scope != "server", &b.scope, &b.name))
         });
@@ -177,11 +183,7 @@ impl UsageTracker {
     pub fn save(&self, path: &Path) -> Result<(), UsageError> {
         let state = StateFile {
             version: 1,
-            series: self
-                .series
-                .iter()
-                .map(|((scope, name), s)| (scope.clone(), name.clone(), s.clone()))
-                .collect(),
+            series: self.all().map(|(scope, name, s)| (scope.to_string(), name.to_string(), s.clone())).collect(),
         };
         let err = |source| UsageError::Write { path: path.display().to_string(), source };
         let text = serde_json::to_vec(&state).map_err(|e| err(std::io::Error::other(e)))?;
@@ -211,7 +213,7 @@ impl UsageTracker {
             while s.history.len() > self.keep_minutes {
                 s.history.pop_front();
             }
-            self.series.insert((scope, name), s);
+            self.series.entry(scope).or_default().insert(name, s);
         }
         Ok(true)
     }

@@ -2,6 +2,7 @@
 //! and L). The full record goes at once; its key stays, with the answer's bytes when a
 //! retransmitted request must get them again, until the linger is over.
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Proxy;
@@ -10,9 +11,11 @@ use super::transaction::{Answered, ServerKey, ServerSide, TxId};
 use crate::peer::Transport;
 
 impl Proxy {
-    /// Transaction `id` is finished: an INVITE answered 2xx, or a non-INVITE answered. Over
-    /// a reliable transport a non-INVITE needs no linger (nothing is retransmitted).
-    pub(super) fn conclude(&mut self, now: Instant, id: TxId, answered: Option<Box<Answered>>) {
+    /// Transaction `id` is finished with `response`: an INVITE answered 2xx (its key alone
+    /// lingers: retransmissions are absorbed silently and later 2xx retransmissions travel
+    /// statelessly along the Via), or a non-INVITE answered (over UDP the answer lingers for
+    /// retransmitted requests; over a reliable transport nothing is retransmitted).
+    pub(super) fn conclude(&mut self, now: Instant, id: TxId, response: Option<Bytes>) {
         let Some(tx) = self.txs.remove(&id) else { return };
         if let Some(mut b) = tx.branch {
             b.settle(&mut self.timers);
@@ -22,7 +25,11 @@ impl Proxy {
         if !ours {
             return;
         }
-        if tx.is_invite || tx.reply_to.transport == Transport::Udp {
+        let udp = tx.reply_to.transport == Transport::Udp;
+        if tx.is_invite || udp {
+            let answered = response
+                .filter(|_| !tx.is_invite && udp)
+                .map(|response| Box::new(Answered { to: tx.reply_to.addr, response }));
             self.by_server.insert(tx.server_key, ServerSide::Done(answered));
             self.lingering += 1;
             self.timers.after(now, Lane::Linger, Timer::Linger(tx.server_key));

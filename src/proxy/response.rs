@@ -9,7 +9,7 @@ use super::call::CallEnd;
 use super::dialog::Phase;
 use super::forward;
 use super::timer::{Lane, T1, TIMER_C, Timer};
-use super::transaction::{Answered, ClientState, ServerState, TxId};
+use super::transaction::{ClientState, ServerState, TxId};
 use super::{Action, Proxy};
 use crate::peer::{Peer, Transport};
 use crate::sip::{HeaderName, Message, via};
@@ -158,11 +158,7 @@ impl Proxy {
         let callee = tx.branch.as_ref().map(|b| b.target);
         let (creates_dialog, refreshes) = (tx.is_invite && tx.creates_dialog, tx.refreshes_session);
         let call = tx.call.clone();
-        // An accepted INVITE absorbs retransmissions silently, and later 2xx retransmissions
-        // are forwarded statelessly along the Via: only its key lingers. A non-INVITE keeps
-        // its answer for retransmitted requests.
-        let answered = (!tx.is_invite).then(|| Box::new(Answered { to, response: data.clone() }));
-        self.conclude(now, id, answered);
+        self.conclude(now, id, Some(data.clone()));
         if let Some(call) = call {
             if creates_dialog {
                 let to_tag = msg.tag(HeaderName::To).map(Bytes::copy_from_slice);
@@ -270,7 +266,7 @@ impl Proxy {
             }
             self.timers.after(now, Lane::Linger, Timer::Forget(id));
         } else {
-            self.conclude(now, id, Some(Box::new(Answered { to, response: data.clone() })));
+            self.conclude(now, id, Some(data.clone()));
         }
         if let Some(call) =
             call.filter(|c| creates_dialog && self.dialogs.get(c).is_some_and(|d| d.phase == Phase::Early))

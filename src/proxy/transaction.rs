@@ -22,10 +22,11 @@ pub enum ServerSide {
     Done(Option<Box<Answered>>),
 }
 
-/// The final answer of a finished non-INVITE transaction and where it went.
+/// The final answer of a finished non-INVITE transaction over UDP (over TCP nothing is
+/// retransmitted, so nothing lingers) and the address it went to.
 #[derive(Debug)]
 pub struct Answered {
-    pub to: Peer,
+    pub to: std::net::SocketAddr,
     pub response: Bytes,
 }
 
