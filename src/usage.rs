@@ -158,7 +158,9 @@ impl UsageTracker {
     }
 
     fn all(&self) -> impl Iterator<Item = (&str, &str, &Series)> {
-        self.series.iter().flat_map(|(scope, names)| names.iter().map(move |(name, s)| (scope.as_str(), name.as_str(), s)))
+        self.series
+            .iter()
+            .flat_map(|(scope, names)| names.iter().map(move |(name, s)| (scope.as_str(), name.as_str(), s)))
     }
 
     /// Closes finished minutes of every scope (idle scopes get their zero minutes).
@@ -171,8 +173,7 @@ impl UsageTracker {
 
     /// p95, max and minutes recorded per scope, server first, then by scope and name.
     pub fn report(&self) -> Vec<UsageRow> {
-        let mut rows: Vec<UsageRow> =
-            self.all().map(|(scope, name, s)| s.row(scope, name)).collect();
+        let mut rows: Vec<UsageRow> = self.all().map(|(scope, name, s)| s.row(scope, name)).collect();
         rows.sort_by(|a, b| {
             (a.scope != "server", &a.scope, &a.name).cmp(&(b.scope != "server", &b.scope, &b.name))
         });
@@ -183,7 +184,10 @@ impl UsageTracker {
     pub fn save(&self, path: &Path) -> Result<(), UsageError> {
         let state = StateFile {
             version: 1,
-            series: self.all().map(|(scope, name, s)| (scope.to_string(), name.to_string(), s.clone())).collect(),
+            series: self
+                .all()
+                .map(|(scope, name, s)| (scope.to_string(), name.to_string(), s.clone()))
+                .collect(),
         };
         let err = |source| UsageError::Write { path: path.display().to_string(), source };
         let text = serde_json::to_vec(&state).map_err(|e| err(std::io::Error::other(e)))?;

@@ -550,7 +550,9 @@ impl Proxy {
                 .get(id)
                 .filter(|tx| tx.server != ServerState::Accepted)
                 .and_then(|tx| Some((tx.reply_to, tx.last_response.clone()?))),
-            Some(ServerSide::Done(Some(answered))) => Some((Peer::udp(answered.to), answered.response.clone())),
+            Some(ServerSide::Done(Some(answered))) => {
+                Some((Peer::udp(answered.to), answered.response.clone()))
+            }
             Some(ServerSide::Done(None)) | None => None,
         };
         if let Some((to, last)) = again {
