@@ -6,7 +6,6 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Proxy;
-use super::timer::{Lane, Timer};
 use super::transaction::{Answered, ServerKey, ServerSide, TxId};
 use crate::peer::Transport;
 
@@ -32,7 +31,7 @@ impl Proxy {
                 .map(|response| Box::new(Answered { to: tx.reply_to.addr, response }));
             self.by_server.insert(tx.server_key, ServerSide::Done(answered));
             self.lingering += 1;
-            self.timers.after(now, Lane::Linger, Timer::Linger(tx.server_key));
+            self.timers.linger(now, tx.server_key);
         } else {
             self.by_server.remove(&tx.server_key);
         }

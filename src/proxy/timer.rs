@@ -79,6 +79,9 @@ impl Lane {
 pub struct Timers {
     map: BTreeMap<TimerKey, Timer>,
     lanes: [VecDeque<(Instant, Timer)>; 3],
+    /// The linger of finished transactions' keys: the most numerous timer by far (two per
+    /// call, 32 s each), so it holds bare keys (24 bytes an entry instead of 40).
+    keys: VecDeque<(Instant, ServerKey)>,
     seq: u64,
 }
 
@@ -99,6 +102,11 @@ impl Timers {
         }
     }
 
+    /// `Timer::Linger(key)` in 64*T1, in the keys' own lane.
+    pub fn linger(&mut self, now: Instant, key: ServerKey) {
+        self.keys.push_back((now + LINGER, key));
+    }
+
     pub fn cancel(&mut self, key: TimerKey) {
         self.map.remove(&key);
     }
@@ -107,33 +115,46 @@ impl Timers {
     pub fn next_deadline(&self) -> Option<Instant> {
         let tree = self.map.first_key_value().map(|((when, _), _)| *when);
         let lanes = self.lanes.iter().filter_map(|q| q.front().map(|(when, _)| *when));
-        tree.into_iter().chain(lanes).min()
+        let keys = self.keys.front().map(|(when, _)| *when);
+        tree.into_iter().chain(lanes).chain(keys).min()
     }
 
     /// Pops the next timer due at `now`, the earliest first.
     pub fn pop_due(&mut self, now: Instant) -> Option<Timer> {
         let mut best = self.map.first_key_value().map(|((when, _), _)| *when).filter(|w| *w <= now);
-        let mut lane = None;
+        let mut from = Source::Tree;
         for (i, q) in self.lanes.iter().enumerate() {
             if let Some((when, _)) = q.front().filter(|(w, _)| *w <= now && best.is_none_or(|b| *w < b)) {
                 best = Some(*when);
-                lane = Some(i);
+                from = Source::Lane(i);
             }
         }
-        match lane {
-            Some(i) => self.lanes.get_mut(i).and_then(VecDeque::pop_front).map(|(_, t)| t),
-            None if best.is_some() => self.map.pop_first().map(|(_, t)| t),
-            None => None,
+        if let Some((when, _)) = self.keys.front().filter(|(w, _)| *w <= now && best.is_none_or(|b| *w < b)) {
+            best = Some(*when);
+            from = Source::Keys;
+        }
+        best?;
+        match from {
+            Source::Tree => self.map.pop_first().map(|(_, t)| t),
+            Source::Lane(i) => self.lanes.get_mut(i).and_then(VecDeque::pop_front).map(|(_, t)| t),
+            Source::Keys => self.keys.pop_front().map(|(_, key)| Timer::Linger(key)),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.map.len() + self.lanes.iter().map(VecDeque::len).sum::<usize>()
+        self.map.len() + self.lanes.iter().map(VecDeque::len).sum::<usize>() + self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Where the earliest due timer is.
+enum Source {
+    Tree,
+    Lane(usize),
+    Keys,
 }
 
 #[cfg(test)]
@@ -151,14 +172,19 @@ mod tests {
         let cancelled = timers.at(t0 + std::time::Duration::from_millis(600), Timer::Forget(5));
         timers.cancel(cancelled);
         timers.after(t0, Lane::T4, Timer::Forget(6));
-        assert_eq!(timers.len(), 5);
+        timers.linger(t0 + std::time::Duration::from_millis(2), ServerKey(7));
+        assert_eq!(timers.len(), 6);
         assert_eq!(timers.next_deadline(), Some(t0 + T1));
         assert_eq!(timers.pop_due(t0 + std::time::Duration::from_millis(499)), None);
         let mut fired = Vec::new();
-        while let Some(Timer::Forget(n)) = timers.pop_due(t0 + LINGER) {
-            fired.push(n);
+        while let Some(t) = timers.pop_due(t0 + LINGER + std::time::Duration::from_millis(2)) {
+            fired.push(match t {
+                Timer::Forget(n) => n,
+                Timer::Linger(ServerKey(k)) => k,
+                other => panic!("{other:?}"),
+            });
         }
-        assert_eq!(fired, [3, 4, 2, 6, 1]);
+        assert_eq!(fired, [3, 4, 2, 6, 1, 7]);
         assert!(timers.is_empty());
     }
 }
