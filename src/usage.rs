@@ -40,12 +40,9 @@ pub enum UsageError {
 struct Series {
     /// Closed minutes: (unix minute, peak admitted calls in any one second of it).
     history: VecDeque<(u64, u32)>,
-    /// The open minute and its peak so far.
+    /// The latest minute merged and its peak (closed into `history` when a later one comes).
     minute: u64,
     peak: u32,
-    /// The open second and its admissions.
-    second: u64,
-    count: u32,
 }
 
 impl Series {
@@ -70,15 +67,12 @@ impl Series {
         self.peak = 0;
     }
 
-    fn record(&mut self, unix_ms: u64, keep: usize) {
-        self.roll_to(unix_ms / 60_000, keep);
-        let second = unix_ms / 1000;
-        if second != self.second {
-            self.second = second;
-            self.count = 0;
+    /// Merges `minute`'s peak (minutes arrive in order; an earlier one is too late to count).
+    fn add_peak(&mut self, minute: u64, peak: u32, keep: usize) {
+        self.roll_to(minute, keep);
+        if minute == self.minute {
+            self.peak = self.peak.max(peak);
         }
-        self.count += 1;
-        self.peak = self.peak.max(self.count);
     }
 
     fn row(&self, scope: &str, name: &str) -> UsageRow {
@@ -114,19 +108,68 @@ struct StateFile {
 
 /// The per-minute peaks of every scope. `now` is converted to wall-clock time through an
 /// anchor taken at creation, so tests drive it with a synthetic clock.
+///
+/// Calls are counted by [`Recorder`]s, one per shard of the core, each behind its own lock,
+/// so admissions on different shards never meet on one; a minute's per-second counts of
+/// every recorder are summed (the peak is of the sums) when the minute is merged here: at a
+/// roll once it has closed, and at a report for the minute still open.
 #[derive(Debug)]
 pub struct UsageTracker {
     keep_minutes: usize,
     anchor: (Instant, u64),
-    /// By scope, then name: looked up with the caller's `&str`s, so recording a call (on
-    /// the SIP path, under this tracker's lock) allocates nothing.
+    /// By scope, then name: looked up with `&str`s, so merging allocates only for new keys.
     series: HashMap<String, HashMap<String, Series>>,
+    recorders: Vec<Recorder>,
+}
+
+/// Admissions one shard of the core counted and the tracker has not merged yet: per
+/// minute, key and second of the minute.
+type Counts = HashMap<u64, MinuteCounts>;
+
+/// One minute's admissions per scope, name and second.
+type MinuteCounts = HashMap<String, HashMap<String, [u32; 60]>>;
+
+/// Where one shard of the core counts its admitted calls (a clone shares the counts).
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    anchor: (Instant, u64),
+    counts: std::sync::Arc<parking_lot::Mutex<Counts>>,
+}
+
+impl Recorder {
+    /// One admitted call counted for each `(scope, name)`. Allocates only for a key's first
+    /// call in a minute.
+    pub fn record(&self, now: Instant, keys: &[(&str, &str)]) {
+        let ms =
+            self.anchor.1.saturating_add(now.saturating_duration_since(self.anchor.0).as_millis() as u64);
+        let (minute, second) = (ms / 60_000, (ms / 1000 % 60) as usize);
+        let mut counts = self.counts.lock();
+        let minute = counts.entry(minute).or_default();
+        for (scope, name) in keys {
+            let names = match minute.get_mut(*scope) {
+                Some(names) => names,
+                None => minute.entry((*scope).to_string()).or_default(),
+            };
+            let seconds = match names.get_mut(*name) {
+                Some(seconds) => seconds,
+                None => names.entry((*name).to_string()).or_insert([0; 60]),
+            };
+            if let Some(c) = seconds.get_mut(second) {
+                *c = c.saturating_add(1);
+            }
+        }
+    }
 }
 
 impl UsageTracker {
     /// `anchor`: an instant and the Unix time in milliseconds it corresponds to.
     pub fn new(window_days: u32, anchor: (Instant, u64)) -> Self {
-        Self { keep_minutes: window_days as usize * 1440, anchor, series: HashMap::new() }
+        Self {
+            keep_minutes: window_days as usize * 1440,
+            anchor,
+            series: HashMap::new(),
+            recorders: Vec::new(),
+        }
     }
 
     /// Anchored at the current wall-clock time.
@@ -141,19 +184,82 @@ impl UsageTracker {
         self.anchor.1 + now.saturating_duration_since(self.anchor.0).as_millis() as u64
     }
 
-    /// One admitted call counted for each `(scope, name)`.
+    /// A new recorder whose counts this tracker merges (one per shard of the core).
+    pub fn recorder(&mut self) -> Recorder {
+        let r = Recorder { anchor: self.anchor, counts: Default::default() };
+        self.recorders.push(r.clone());
+        r
+    }
+
+    /// One admitted call counted for each `(scope, name)`, through the tracker's first
+    /// recorder (tests and tools; the core's shards use their own).
     pub fn record(&mut self, now: Instant, keys: &[(&str, &str)]) {
-        let ms = self.unix_ms(now);
-        let keep = self.keep_minutes;
-        for (scope, name) in keys {
-            let names = match self.series.get_mut(*scope) {
-                Some(names) => names,
-                None => self.series.entry((*scope).to_string()).or_default(),
-            };
-            match names.get_mut(*name) {
-                Some(s) => s.record(ms, keep),
-                None => names.entry((*name).to_string()).or_default().record(ms, keep),
+        let r = match self.recorders.first() {
+            Some(r) => r.clone(),
+            None => self.recorder(),
+        };
+        r.record(now, keys);
+    }
+
+    /// Sums the recorders' counts of the minutes before `before` (taken out of them), or of
+    /// minute `before` itself (left in them) when `peek`.
+    fn gather(&self, before: u64, peek: bool) -> Counts {
+        let mut all: Counts = HashMap::new();
+        for r in &self.recorders {
+            let mut counts = r.counts.lock();
+            let minutes: Vec<u64> =
+                counts.keys().copied().filter(|m| if peek { *m == before } else { *m < before }).collect();
+            for m in minutes {
+                let taken = if peek { counts.get(&m).cloned() } else { counts.remove(&m) };
+                for (scope, names) in taken.unwrap_or_default() {
+                    for (name, seconds) in names {
+                        let sum = all
+                            .entry(m)
+                            .or_default()
+                            .entry(scope.clone())
+                            .or_default()
+                            .entry(name)
+                            .or_insert([0; 60]);
+                        for (a, b) in sum.iter_mut().zip(seconds) {
+                            *a = a.saturating_add(b);
+                        }
+                    }
+                }
             }
+        }
+        all
+    }
+
+    /// Merges what the recorders counted: the closed minutes (taken out of them) and the
+    /// open minute's peak so far (left in them: merging takes the larger peak, so merging
+    /// it again when it closes counts nothing twice); then closes finished minutes of every
+    /// scope (idle scopes get their zero minutes).
+    pub fn roll(&mut self, now: Instant) {
+        let minute = self.unix_ms(now) / 60_000;
+        let closed = self.gather(minute, false);
+        let open = self.gather(minute, true);
+        let mut minutes: Vec<(u64, &MinuteCounts)> =
+            closed.iter().chain(open.iter()).map(|(m, keys)| (*m, keys)).collect();
+        minutes.sort_unstable_by_key(|(m, _)| *m);
+        let keep = self.keep_minutes;
+        for (m, keys) in minutes {
+            for (scope, names) in keys {
+                for (name, seconds) in names {
+                    let peak = seconds.iter().copied().max().unwrap_or(0);
+                    let by_name = match self.series.get_mut(scope.as_str()) {
+                        Some(n) => n,
+                        None => self.series.entry(scope.clone()).or_default(),
+                    };
+                    let series = match by_name.get_mut(name.as_str()) {
+                        Some(s) => s,
+                        None => by_name.entry(name.clone()).or_default(),
+                    };
+                    series.add_peak(m, peak, keep);
+                }
+            }
+        }
+        for s in self.series.values_mut().flat_map(HashMap::values_mut) {
+            s.roll_to(minute, keep);
         }
     }
 
@@ -163,15 +269,8 @@ impl UsageTracker {
             .flat_map(|(scope, names)| names.iter().map(move |(name, s)| (scope.as_str(), name.as_str(), s)))
     }
 
-    /// Closes finished minutes of every scope (idle scopes get their zero minutes).
-    pub fn roll(&mut self, now: Instant) {
-        let minute = self.unix_ms(now) / 60_000;
-        for s in self.series.values_mut().flat_map(HashMap::values_mut) {
-            s.roll_to(minute, self.keep_minutes);
-        }
-    }
-
-    /// p95, max and minutes recorded per scope, server first, then by scope and name.
+    /// p95, max and minutes recorded per scope, server first, then by scope and name, as of
+    /// the last [`UsageTracker::roll`].
     pub fn report(&self) -> Vec<UsageRow> {
         let mut rows: Vec<UsageRow> = self.all().map(|(scope, name, s)| s.row(scope, name)).collect();
         rows.sort_by(|a, b| {
@@ -249,6 +348,33 @@ mod tests {
         );
         assert_eq!(rows[1].scope, "carrier");
         assert_eq!(rows[1].p95, 95);
+    }
+
+    #[test]
+    fn shards_count_apart_and_their_seconds_add_up() {
+        let t0 = Instant::now();
+        let mut u = UsageTracker::new(30, (t0, T0_MS));
+        let (a, b) = (u.recorder(), u.recorder());
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Second 0: 2 on one shard, 3 on the other (peak 5, not 3). Second 1: 4 on one.
+        for ms in [0, 10] {
+            a.record(at(ms), &[("server", "")]);
+        }
+        for ms in [20, 30, 40] {
+            b.record(at(ms), &[("server", "")]);
+        }
+        for ms in [1000, 1001, 1002, 1003] {
+            a.record(at(ms), &[("server", "")]);
+        }
+        // The open minute, reported twice and then closed, counts once.
+        u.roll(at(30_000));
+        assert_eq!((u.report()[0].max, u.report()[0].minutes), (5, 1));
+        u.roll(at(31_000));
+        b.record(at(32_000), &[("server", ""), ("customer", "acme")]);
+        u.roll(at(61_000));
+        let rows = u.report();
+        assert_eq!((rows[0].scope.as_str(), rows[0].max, rows[0].minutes), ("server", 5, 1), "{rows:?}");
+        assert_eq!((rows[1].scope.as_str(), rows[1].name.as_str(), rows[1].max), ("customer", "acme", 1));
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Proxy {
             if let Some(c) = ctx.customer {
                 scopes.extend(self.config.customer_chain(c).map(|c| ("customer", c.name.as_str())));
             }
-            self.usage.lock().record(now, &scopes);
+            self.usage.record(now, &scopes);
         }
         if let Some(w) = waited {
             Stats::bump(&self.stats.queue_admitted);

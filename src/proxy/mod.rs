@@ -142,8 +142,9 @@ pub struct Proxy {
     room_wake: Option<Instant>,
     /// Gateways that answered 503 (node-wide).
     backoff: Arc<waitroom::Backoff>,
-    /// Per-minute peak CPS of admitted calls (server, customers, carriers), for billing.
-    usage: Arc<parking_lot::Mutex<UsageTracker>>,
+    /// Counts admitted calls (server, customers, carriers) for the per-minute peak CPS
+    /// billing uses: this shard's own recorder, merged by the node's tracker.
+    usage: crate::usage::Recorder,
     /// The call records file, if configured (records also go to the log).
     records: Option<Arc<crate::records::Records>>,
     /// Keys flow tokens (Path); one for the node, since the request that uses a token is
@@ -180,7 +181,7 @@ impl Proxy {
             waitroom: shared.waitroom.clone(),
             room_wake: None,
             backoff: shared.backoff.clone(),
-            usage: shared.usage.clone(),
+            usage: shared.usage.lock().recorder(),
             records: shared.records.clone(),
             flows: shared.flows.clone(),
             me: Identity::new(&config),
