@@ -26,6 +26,10 @@ use sluice::proxy::node::Node;
 use sluice::stats::Stats;
 use tokio::time::Instant;
 
+/// The binary's allocator, so the bench allocates as the proxy does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn config(workers: usize) -> Arc<Config> {
     let text = format!(
         "[server]\nlisten = [\"udp://127.0.0.1:5060\"]\nworkers = {workers}\n[limits]\ncps = 1000000\nchannels = 1000000\n\

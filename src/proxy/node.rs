@@ -57,8 +57,28 @@ struct Screen {
 }
 
 /// The sharded core.
+/// A shard on cache lines of its own: workers take different shards' locks all the time,
+/// and a lock word sharing a line with the neighbour's fields would make them wait on
+/// each other's writes.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Padded<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
 pub struct Node {
-    shards: Vec<Mutex<Proxy>>,
+    shards: Vec<Padded<Mutex<Proxy>>>,
     common: Common,
     /// Keyed, so a caller cannot aim its calls at one shard by choosing Call-IDs.
     hasher: ahash::RandomState,
@@ -102,7 +122,7 @@ impl Node {
         };
         let count = config.worker_threads().saturating_mul(SHARDS_PER_WORKER).clamp(1, 1 << 15);
         let shards =
-            (0..count).map(|i| Mutex::new(Proxy::shard(config.clone(), &common, i as u16))).collect();
+            (0..count).map(|i| Padded(Mutex::new(Proxy::shard(config.clone(), &common, i as u16)))).collect();
         let hasher = ahash::RandomState::with_seeds(seed, seed.rotate_left(17), 0x736c_7569_6365, 1);
         Self {
             shards,
