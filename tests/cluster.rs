@@ -352,7 +352,11 @@ async fn call_flows_release_shared_channels_and_count_a_challenged_call_once() {
     c.send(proxy, again.as_bytes()).await;
     let (inv2, from2) = auth.expect("INVITE ").await;
     auth.send(from2, respond(&inv2, 486, "Busy Here", Some("p"), "", None).as_bytes()).await;
-    // No waiting for the release to reach Redis: the node credits its own releases in flight.
+    // The 486 went up, so the node has handled it (the PBX's datagram and the caller's next
+    // INVITE may reach different worker sockets, and nothing orders those two)...
+    c.expect("SIP/2.0 486").await;
+    // ... but no waiting for the release to reach Redis: the node credits its own releases
+    // in flight.
     c.send(proxy, invite(&c, "f-next", "f-next", "400", proxy).as_bytes()).await;
     let (inv3, _) = auth.expect("INVITE ").await;
     assert_eq!(header(&inv3, "Call-ID"), Some("f-next"), "the re-INVITE after 407 took no second CPS slot");
