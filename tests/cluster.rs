@@ -719,3 +719,71 @@ async fn a_sentinel_failover_is_followed() {
     let _ = sentinel.kill();
     let _ = sentinel.wait();
 }
+
+/// The admission script counts a one-second window by its size, stale admissions included,
+/// and trims it only when that bound reaches the limit (and on every 32nd admission). A
+/// limit must still be exact, a window full of admissions older than a second must not
+/// refuse, a refusal must give back the channels it took, and a window under a huge limit
+/// must not keep what fell out of its second.
+#[test]
+fn the_shared_window_is_exact_and_forgets_what_left_its_second() {
+    use std::sync::Arc;
+
+    use sluice::config::OnFailure;
+    use sluice::limit::memory::MemoryStore;
+    use sluice::limit::redis::{RedisSettings, RedisStore};
+    use sluice::limit::{Demand, KeyName, LimitKey, Refusal, Scope, Store};
+
+    let Some(redis) = Redis::start(free_port()) else { return };
+    let settings = RedisSettings {
+        url: redis.url(),
+        node: "window".into(),
+        on_failure: OnFailure::Reject,
+        nodes: 1,
+        timeout: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(10),
+    };
+    let now = tokio::time::Instant::now;
+    let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
+    let key = |name: &str| LimitKey { scope: Scope::Customer, name: KeyName::Text(Arc::from(name)) };
+    let tight = Demand { key: key("tight"), cps: Some(3), ..Demand::default() };
+    let full = Demand { key: key("full"), channels: Some(0), ..Demand::default() };
+    let huge = Demand { key: key("huge"), cps: Some(1_000_000), ..Demand::default() };
+    let card = |k: &str| redis.query::<i64>(&["ZCARD", &format!("sluice:w:customer:{k}")]).unwrap_or(-1);
+    let channels =
+        |k: &str| redis.query::<Option<i64>>(&["GET", &format!("sluice:c:customer:{k}")]).flatten();
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(store.admit(now(), std::slice::from_ref(&tight), true).expect("under the limit"));
+    }
+    let refused = store.admit(now(), std::slice::from_ref(&tight), true).expect_err("the 4th in one second");
+    assert_eq!(refused.kind, Refusal::Cps);
+    // Refused by its second demand: the first demand's channel goes back, its window is untouched.
+    let refused = store.admit(now(), &[tight.clone(), full.clone()], false).expect_err("no channel");
+    assert_eq!(refused.kind, Refusal::Channels);
+    assert_eq!(channels("tight"), Some(3), "the refusal gave back the channel it took");
+    assert_eq!(channels("full"), Some(0));
+    for _ in 0..100 {
+        held.push(store.admit(now(), std::slice::from_ref(&huge), true).expect("far under"));
+    }
+    assert!(card("huge") >= 90, "admissions of this second are kept: {}", card("huge"));
+
+    // Redis's own clock decides the window; let this second pass.
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..3 {
+        held.push(store.admit(now(), std::slice::from_ref(&tight), true).expect("the window moved on"));
+    }
+    assert_eq!(
+        store.admit(now(), std::slice::from_ref(&tight), true).expect_err("exact again").kind,
+        Refusal::Cps
+    );
+    assert_eq!(card("tight"), 3, "trimmed to this second's admissions");
+    for _ in 0..32 {
+        held.push(store.admit(now(), std::slice::from_ref(&huge), true).expect("far under"));
+    }
+    assert!(card("huge") <= 32, "the admissions of the second before are gone: {}", card("huge"));
+    for r in held {
+        store.release(now(), r);
+    }
+}
