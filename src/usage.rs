@@ -118,16 +118,20 @@ pub struct UsageTracker {
     keep_minutes: usize,
     anchor: (Instant, u64),
     /// By scope, then name: looked up with `&str`s, so merging allocates only for new keys.
-    series: HashMap<String, HashMap<String, Series>>,
+    series: Map<String, Map<String, Series>>,
     recorders: Vec<Recorder>,
 }
 
+/// aHash, keyed per process: every admitted call looks up each of its scopes here, and
+/// per-IP and per-user names are the caller's to choose.
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// Admissions one shard of the core counted and the tracker has not merged yet: per
 /// minute, key and second of the minute.
-type Counts = HashMap<u64, MinuteCounts>;
+type Counts = Map<u64, MinuteCounts>;
 
 /// One minute's admissions per scope, name and second.
-type MinuteCounts = HashMap<String, HashMap<String, [u32; 60]>>;
+type MinuteCounts = Map<String, Map<String, [u32; 60]>>;
 
 /// Where one shard of the core counts its admitted calls (a clone shares the counts).
 #[derive(Debug, Clone)]
@@ -167,7 +171,7 @@ impl UsageTracker {
         Self {
             keep_minutes: window_days as usize * 1440,
             anchor,
-            series: HashMap::new(),
+            series: Map::default(),
             recorders: Vec::new(),
         }
     }
@@ -204,7 +208,7 @@ impl UsageTracker {
     /// Sums the recorders' counts of the minutes before `before` (taken out of them), or of
     /// minute `before` itself (left in them) when `peek`.
     fn gather(&self, before: u64, peek: bool) -> Counts {
-        let mut all: Counts = HashMap::new();
+        let mut all = Counts::default();
         for r in &self.recorders {
             let mut counts = r.counts.lock();
             let minutes: Vec<u64> =
@@ -258,7 +262,7 @@ impl UsageTracker {
                 }
             }
         }
-        for s in self.series.values_mut().flat_map(HashMap::values_mut) {
+        for s in self.series.values_mut().flat_map(Map::values_mut) {
             s.roll_to(minute, keep);
         }
     }
