@@ -712,8 +712,7 @@ fn proxy_require(msg: &Message<'_>) -> Option<Vec<u8>> {
 pub(super) fn server_key(secret: &branch::Secret, msg: &Message<'_>, method: Option<&[u8]>) -> ServerKey {
     let method = method.unwrap_or_else(|| msg.cseq().map(|(_, m)| m).unwrap_or_default());
     let top = msg.first(HeaderName::Via);
-    let parsed = top.and_then(|h| via::parse_first(msg.bytes(h.value)));
-    let rfc3261 = parsed.as_ref().and_then(|v| {
+    let rfc3261 = msg.top_via.as_ref().and_then(|v| {
         v.branch
             .filter(|b| b.starts_with(via::MAGIC_COOKIE) && b.len() > via::MAGIC_COOKIE.len())
             .map(|b| (v, b))

@@ -24,8 +24,7 @@ impl Proxy {
         out: &mut Vec<Action>,
     ) {
         let status = msg.status().unwrap_or(0);
-        let top = msg.first(HeaderName::Via).and_then(|h| via::parse_first(msg.bytes(h.value)));
-        let Some(top) = top.filter(|v| self.me.is_my_via(v.host, v.port)) else {
+        let Some(top) = msg.top_via.as_ref().filter(|v| self.me.is_my_via(v.host, v.port)) else {
             return self.stray(now, source, msg, Stray::NotOurs);
         };
         let Some((_, cseq_method)) = msg.cseq() else {

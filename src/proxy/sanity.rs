@@ -17,7 +17,7 @@ const fn bad(reason: &'static str) -> Refusal {
 /// Call-ID and CSeq; without them the message is dropped.
 pub fn answerable(msg: &Message<'_>) -> bool {
     msg.is_request()
-        && msg.first(HeaderName::Via).and_then(|h| via::parse_first(msg.bytes(h.value))).is_some()
+        && msg.top_via.is_some()
         && msg.first(HeaderName::From).is_some()
         && msg.first(HeaderName::To).is_some()
         && msg.call_id().is_some()

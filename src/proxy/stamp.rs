@@ -11,14 +11,14 @@ use crate::config::host_text;
 use crate::peer::{Peer, Transport};
 use crate::sip::edit::Splice;
 use crate::sip::uri::parse_host_ip;
-use crate::sip::{HeaderName, Message, via};
+use crate::sip::{HeaderName, Message};
 
 /// Adds the top-Via edits for a request from `source` to `splice`, and returns where
 /// responses to this request must be sent.
 pub fn stamp(msg: &Message<'_>, source: Peer, splice: &mut Splice<'_>) -> Option<Peer> {
     let header = msg.first(HeaderName::Via)?;
     let base = header.value.start as usize;
-    let top = via::parse_first(msg.bytes(header.value))?;
+    let top = msg.top_via.as_ref()?;
     let src_ip = source.addr.ip();
     let sent_by_ip = parse_host_ip(top.host);
     let wants_rport = top.rport.is_some();

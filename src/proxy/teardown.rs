@@ -197,6 +197,5 @@ fn contact_uri<'a>(msg: &Message<'a>) -> Option<&'a [u8]> {
 
 /// The branch of a message's top Via.
 fn top_branch(msg: &Message<'_>) -> Option<Vec<u8>> {
-    let h = msg.first(HeaderName::Via)?;
-    crate::sip::via::parse_first(msg.bytes(h.value))?.branch.map(<[u8]>::to_vec)
+    msg.top_via.as_ref()?.branch.map(<[u8]>::to_vec)
 }

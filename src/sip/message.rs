@@ -10,6 +10,7 @@ use std::ops::Range;
 use thiserror::Error;
 
 use super::header::HeaderName;
+use super::via::Via;
 
 /// A byte range into the message buffer. `u32` keeps headers small; messages are bounded
 /// far below 4 GiB by the transport.
@@ -109,6 +110,10 @@ pub struct Message<'a> {
     /// A malformed Request-Line ([`ParseError::StartLine`] or [`ParseError::Version`]) whose
     /// headers were still readable: the request can be answered 400/505, not forwarded.
     pub start_error: Option<ParseError>,
+    /// The topmost via-parm, parsed here once: routing a response, the server transaction
+    /// key, the received/rport stamp and the sanity checks all read it. `None` when there is
+    /// no Via or its first element does not parse.
+    pub top_via: Option<Via<'a>>,
 }
 
 /// Why bytes are not a SIP message. The variant decides whether a `400` can be sent (the
@@ -315,7 +320,12 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
         },
         _ => buf.len(),
     };
+    let top_via = headers
+        .iter()
+        .find(|h| h.name == HeaderName::Via)
+        .and_then(|h| super::via::parse_first(h.value.of(buf)));
     Ok(Message {
+        top_via,
         buf,
         start,
         start_line,
