@@ -38,7 +38,7 @@ BIN=${BIN:-target/release/sluice}
 TICK=$(getconf CLK_TCK)
 
 work=$(mktemp -d)
-cleanup() { kill "${UAS:-}" "${PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${UAS:-}" "${PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; [ -z "${KEEP_LOG:-}" ] || cp "$work/sluice.log" "$KEEP_LOG"; rm -rf "$work"; }
 trap cleanup EXIT
 
 cat > "$work/sluice.toml" <<TOML

@@ -77,6 +77,18 @@ impl Redis {
         }
     }
 
+    /// As [`Redis::settle_channels_within`], for tests without a runtime.
+    fn settle_channels_within_blocking(&self, expected: i64, wait: Duration) -> i64 {
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = self.server_channels();
+            if now == expected || Instant::now() > deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Channels the whole cluster holds at the server scope.
     fn server_channels(&self) -> i64 {
         self.query::<Option<i64>>(&["GET", "sluice:c:server"]).flatten().unwrap_or(0)
@@ -786,4 +798,54 @@ fn the_shared_window_is_exact_and_forgets_what_left_its_second() {
     for r in held {
         store.release(now(), r);
     }
+}
+
+/// Redis remembers for an hour the ids of admissions a node gave up on (timed out), so that
+/// one arriving late reserves nothing. A node restarted within that hour numbers its
+/// admissions from 1 again; they must not be taken for the ones its previous run abandoned
+/// (before the fix, every such admission went unanswered and the store fell back).
+#[test]
+fn a_restarted_node_meets_none_of_the_ids_its_last_run_abandoned() {
+    use std::sync::Arc;
+
+    use sluice::config::OnFailure;
+    use sluice::limit::memory::MemoryStore;
+    use sluice::limit::redis::{RedisSettings, RedisStore};
+    use sluice::limit::{Demand, LimitKey, Store};
+
+    let Some(redis) = Redis::start(free_port()) else { return };
+    let settings = RedisSettings {
+        url: redis.url(),
+        node: "restart".into(),
+        on_failure: OnFailure::Reject,
+        nodes: 1,
+        timeout: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(10),
+    };
+    let now = tokio::time::Instant::now;
+    let demand = [Demand { key: LimitKey::server(), channels: Some(10), ..Demand::default() }];
+    let records = || redis.query::<Vec<String>>(&["KEYS", "sluice:r:restart:*"]).unwrap_or_default();
+
+    let first = RedisStore::new(settings.clone(), Arc::new(MemoryStore::new(now()))).expect("store");
+    let call = first.admit(now(), &demand, true).expect("admitted");
+    let ids = records();
+    assert_eq!(ids.len(), 1, "one reservation record: {ids:?}");
+    first.release(now(), call);
+    first.stop();
+    drop(first);
+    // As if that admission had timed out and been given up: its id is marked abandoned.
+    let id = ids[0].trim_start_matches("sluice:r:");
+    let _: Option<String> = redis.query(&["SET", &format!("sluice:t:{id}"), "1", "PX", "3600000"]);
+
+    let second = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        calls.push(second.admit(now(), &demand, true).expect("the restarted node's admissions reach Redis"));
+        assert!(second.healthy());
+    }
+    assert_eq!(records().len(), 3, "each admission was reserved in Redis: {:?}", records());
+    for call in calls {
+        second.release(now(), call);
+    }
+    second.stop();
 }

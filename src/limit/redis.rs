@@ -288,6 +288,9 @@ pub struct RedisStore {
     aconn: Mutex<Option<redis::aio::MultiplexedConnection>>,
     local: Arc<MemoryStore>,
     up: AtomicBool,
+    /// This run of the node, in every reservation id: Redis keeps the ids a run abandoned
+    /// for an hour, and a restarted node counting from 1 again must not meet them.
+    run: u64,
     seq: AtomicU64,
     admit: redis::Script,
     release: redis::Script,
@@ -327,6 +330,7 @@ impl RedisStore {
             aconn: Mutex::new(None),
             local,
             up: AtomicBool::new(false),
+            run: run_nonce(),
             seq: AtomicU64::new(0),
             admit: redis::Script::new(ADMIT),
             release: redis::Script::new(RELEASE),
@@ -570,7 +574,7 @@ impl RedisStore {
         let mut in_flight = self.in_flight.lock();
         let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         in_flight.insert(n);
-        Flight { store: self, n }
+        Flight { store: self, run: self.run, n }
     }
 
     /// Remembers a reservation Redis granted, for the anti-entropy rounds.
@@ -698,13 +702,25 @@ impl RedisStore {
 /// whatever the outcome (answered, refused, timed out, the task cancelled).
 struct Flight<'a> {
     store: &'a RedisStore,
+    run: u64,
     n: u64,
 }
 
 impl Flight<'_> {
+    /// `node:run:n`; the anti-entropy script reads `n` after the last colon.
     fn id(&self, node: &str) -> String {
-        format!("{node}:{}", self.n)
+        format!("{node}:{:x}:{}", self.run, self.n)
     }
+}
+
+/// A number no earlier run of this node used: random, or the clock's nanoseconds if the OS
+/// has no entropy source.
+fn run_nonce() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Drop for Flight<'_> {
