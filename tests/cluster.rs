@@ -849,3 +849,43 @@ fn a_restarted_node_meets_none_of_the_ids_its_last_run_abandoned() {
     }
     second.stop();
 }
+
+/// Anti-entropy re-asserts a node's live calls in scripts of 500 and then drops what Redis
+/// holds for the node that no live call holds. With more than one script's worth of live
+/// calls, every live call must count as live in that last step: before the fix, the last
+/// script knew only its own 500, and every round gave back the channels of all the others.
+#[test]
+fn anti_entropy_keeps_every_live_call_of_a_busy_node() {
+    use std::sync::Arc;
+
+    use sluice::config::OnFailure;
+    use sluice::limit::memory::MemoryStore;
+    use sluice::limit::redis::{RedisSettings, RedisStore};
+    use sluice::limit::{Demand, LimitKey, Store};
+
+    let Some(redis) = Redis::start(free_port()) else { return };
+    let settings = RedisSettings {
+        url: redis.url(),
+        node: "busy".into(),
+        on_failure: OnFailure::Reject,
+        nodes: 1,
+        timeout: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(100),
+    };
+    let now = tokio::time::Instant::now;
+    let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
+    let demand = [Demand { key: LimitKey::server(), channels: Some(10_000), ..Demand::default() }];
+    let calls: Vec<_> = (0..1_200).map(|_| store.admit(now(), &demand, true).expect("admitted")).collect();
+    assert_eq!(redis.server_channels(), 1_200);
+    store.spawn_maintenance();
+    // Several anti-entropy rounds (one per 100 ms); the count must hold at every look.
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(redis.server_channels(), 1_200, "no live call's channel is given back");
+    }
+    for call in calls {
+        store.release(now(), call);
+    }
+    assert_eq!(redis.settle_channels_within_blocking(0, Duration::from_secs(5)), 0, "all released, once");
+    store.stop();
+}

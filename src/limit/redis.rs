@@ -172,21 +172,15 @@ return #ids
 "#
 );
 
-/// Anti-entropy: the node re-asserts the reservations of its live calls and drops the ones
-/// Redis holds for it that it does not. KEYS[1] = the node's set; ARGV[1] = the record
-/// prefix; ARGV[2] = the node's highest reservation number when the list was taken (younger
-/// ids are left alone: admitted after the snapshot); ARGV[3] = '1' on the last batch (then
-/// stale ids are dropped); then per live call its id, the number of its channel keys and the
-/// keys. A missing record is re-created and its keys counted again (Redis restarted empty,
-/// restored from an old snapshot, or a replica promoted without the last writes).
-/// Returns {re-created, dropped}.
-const ASSERT: &str = concat!(
-    lua_give_back!(),
-    r#"
-local i, made, live = 4, 0, {}
+/// Anti-entropy, first half: the node re-asserts the reservations of its live calls.
+/// KEYS[1] = the node's set; ARGV[1] = the record prefix; then per live call its id, the
+/// number of its channel keys and the keys. A missing record is re-created and its keys
+/// counted again (Redis restarted empty, restored from an old snapshot, or a replica promoted
+/// without the last writes). Returns the number re-created.
+const ASSERT: &str = r#"
+local i, made = 2, 0
 while i <= #ARGV do
   local id, k = ARGV[i], tonumber(ARGV[i + 1])
-  live[id] = true
   local rk = ARGV[1] .. id
   if redis.call('EXISTS', rk) == 0 then
     local record = {}
@@ -201,19 +195,21 @@ while i <= #ARGV do
   end
   i = i + 2 + k
 end
+return made
+"#;
+
+/// Anti-entropy, second half: gives back the reservations Redis holds for this node that no
+/// live call holds (the node picked them from the node's set). KEYS[1] = the node's set;
+/// ARGV[1] = the record prefix; ARGV[2..] = the ids. Returns the number dropped.
+const DROP: &str = concat!(
+    lua_give_back!(),
+    r#"
 local dropped = 0
-if ARGV[3] == '1' then
-  local mark = tonumber(ARGV[2])
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-    local n = tonumber(string.match(id, ':(%d+)$') or '0')
-    if not live[id] and n <= mark then
-      give_back(ARGV[1] .. id)
-      redis.call('SREM', KEYS[1], id)
-      dropped = dropped + 1
-    end
-  end
+for i = 2, #ARGV do
+  if give_back(ARGV[1] .. ARGV[i]) then dropped = dropped + 1 end
+  redis.call('SREM', KEYS[1], ARGV[i])
 end
-return {made, dropped}
+return dropped
 "#
 );
 
@@ -312,6 +308,7 @@ pub struct RedisStore {
     /// When the last anti-entropy round ran (one per heartbeat period).
     reasserted: Mutex<Option<std::time::Instant>>,
     assert: redis::Script,
+    drop: redis::Script,
     stop: AtomicBool,
 }
 
@@ -342,6 +339,7 @@ impl RedisStore {
             in_flight: Mutex::new(std::collections::BTreeSet::new()),
             reasserted: Mutex::new(None),
             assert: redis::Script::new(ASSERT),
+            drop: redis::Script::new(DROP),
             stop: AtomicBool::new(false),
         });
         store.reconnect(true);
@@ -548,20 +546,36 @@ impl RedisStore {
         };
         let held: Vec<(String, Vec<String>)> =
             self.held.lock().iter().map(|(id, keys)| (id.clone(), keys.clone())).collect();
-        let batches = held.len().div_ceil(ASSERT_BATCH).max(1);
-        let (mut made, mut dropped) = (0i64, 0i64);
-        for b in 0..batches {
-            let mut call = self.assert.key(node_calls_key(&self.settings.node));
-            call.arg(format!("{PREFIX}r:")).arg(mark).arg(if b + 1 == batches { "1" } else { "0" });
-            for (id, keys) in held.iter().skip(b * ASSERT_BATCH).take(ASSERT_BATCH) {
+        let prefix = format!("{PREFIX}r:");
+        let calls_key = node_calls_key(&self.settings.node);
+        let mut made = 0i64;
+        for chunk in held.chunks(ASSERT_BATCH) {
+            let mut call = self.assert.key(&calls_key);
+            call.arg(&prefix);
+            for (id, keys) in chunk {
                 call.arg(id).arg(keys.len());
                 for k in keys {
                     call.arg(k);
                 }
             }
-            let (m, d): (i64, i64) = call.invoke(conn)?;
-            made += m;
-            dropped += d;
+            made += call.invoke::<i64>(conn)?;
+        }
+        // Stale: held in Redis for this node, not by a live call, and numbered before the
+        // oldest admission still in flight (younger ones may not be in `held` yet).
+        let live: std::collections::HashSet<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        let listed: Vec<String> = redis::cmd("SMEMBERS").arg(&calls_key).query(conn)?;
+        let stale: Vec<&String> = listed
+            .iter()
+            .filter(|id| !live.contains(id.as_str()) && reservation_number(id) <= mark)
+            .collect();
+        let mut dropped = 0i64;
+        for chunk in stale.chunks(ASSERT_BATCH) {
+            let mut call = self.drop.key(&calls_key);
+            call.arg(&prefix);
+            for id in chunk {
+                call.arg(id.as_str());
+            }
+            dropped += call.invoke::<i64>(conn)?;
         }
         if made > 0 || dropped > 0 {
             tracing::warn!(event = "cluster.reconciled", node = %self.settings.node, recreated = made, dropped, "Redis's reservations for this node differed from its live calls; corrected");
@@ -711,6 +725,11 @@ impl Flight<'_> {
     fn id(&self, node: &str) -> String {
         format!("{node}:{:x}:{}", self.run, self.n)
     }
+}
+
+/// The number an id ends with (`node:run:n`); 0 for an id that has none.
+fn reservation_number(id: &str) -> u64 {
+    id.rsplit(':').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// A number no earlier run of this node used: random, or the clock's nanoseconds if the OS
