@@ -31,6 +31,7 @@ esac
 PROXY_PORT=${PROXY_PORT:-25060}
 UAS_PORT=${UAS_PORT:-25070}
 UAC_PORT=${UAC_PORT:-25080}
+ADMIN_PORT=${ADMIN_PORT:-25090}
 
 command -v sipp >/dev/null || { echo "sipp not found: apt-get install sip-tester" >&2; exit 1; }
 BIN=${BIN:-target/release/sluice}
@@ -44,6 +45,7 @@ trap cleanup EXIT
 cat > "$work/sluice.toml" <<TOML
 [server]
 listen = ["$TRANSPORT://127.0.0.1:$PROXY_PORT"]
+admin = "127.0.0.1:$ADMIN_PORT"
 workers = $WORKERS
 [log]
 format = "json"
@@ -86,14 +88,22 @@ sleep 1
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 count() { grep -E "^ *$1" "$2" | tail -1 | awk -F'|' '{gsub(/ /,"",$3); print $3}'; }
+# A metric's value from the admin API (plain HTTP over bash's /dev/tcp: no curl needed).
+metric() {
+  exec 3<>"/dev/tcp/127.0.0.1/$ADMIN_PORT" || return 0
+  printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&3
+  awk -v m="$1" '$1 == m {print $2}' <&3
+  exec 3<&-
+}
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "command: WITH_LIMITS=$WITH_LIMITS REDIS_URL=$REDIS_URL TRANSPORT=$TRANSPORT LOG_LEVEL=$LOG_LEVEL WORKERS=$WORKERS benches/sipp-load.sh $START $STEP $MAX $SECS"
-printf "%8s %8s %8s %8s %14s %10s\n" rate calls ok failed cpu_s/1000 peak_rss
+printf "%8s %8s %8s %8s %14s %10s %10s\n" rate calls ok failed cpu_s/1000 peak_rss unanswered
 best=0
 for ((rate = START; rate <= MAX; rate += STEP)); do
   calls=$((rate * SECS))
   before=$(cpu_ticks)
+  late_before=$(metric sluice_cluster_unanswered_total)
   start_ns=$(date +%s%N)
   (cd "$work" && timeout $((SECS * 3 + 30)) sipp -sn uac -t "$SIPP_T" "127.0.0.1:$PROXY_PORT" -i 127.0.0.1 -p "$UAC_PORT" -r "$rate" -m "$calls" -buff_size 4194304 \
       -l $((rate * 4)) -nostdin -timeout $((SECS * 3 + 20)) >"$work/uac.out" 2>&1) || true
@@ -103,10 +113,18 @@ for ((rate = START; rate <= MAX; rate += STEP)); do
   failed=$(count "Failed call" "$work/uac.out"); failed=${failed:-0}
   cpu=$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.3f", t / hz / n * 1000; else print "-" }')
   rss=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$PID/status")
-  printf "%8s %8s %8s %8s %14s %10s\n" "$rate" "$calls" "$ok" "$failed" "$cpu" "$rss"
+  # With [cluster]: new calls Redis did not answer in time (decided by on_failure instead).
+  late_after=$(metric sluice_cluster_unanswered_total)
+  late=$([ -n "$late_after" ] && echo $((late_after - ${late_before:-0})) || echo -)
+  printf "%8s %8s %8s %8s %14s %10s %10s\n" "$rate" "$calls" "$ok" "$failed" "$cpu" "$rss" "$late"
   # SIPp could not generate the rate (it took far longer than planned): stop, not a proxy failure.
   if [ "$failed" != "0" ] || [ "$ok" != "$calls" ]; then
     echo "stopped: failures at $rate calls/s"
+    break
+  fi
+  # A call Redis did not answer was limited by this node alone: not carried by the cluster.
+  if [ "$late" != "-" ] && [ "$late" != "0" ]; then
+    echo "stopped: $late calls unanswered by Redis in time at $rate calls/s"
     break
   fi
   if [ "$elapsed_ms" -gt $((SECS * 1000 * 3 / 2)) ]; then

@@ -614,8 +614,7 @@ async fn counts_converge_after_redis_loses_or_keeps_stale_state() {
     finals(&mut c, Duration::from_millis(300)).await;
     assert_eq!(redis.settle_channels(0).await, 0, "the hang-ups are released, once");
     // A reservation for this node that no live call holds (an old snapshot's leftover).
-    let _: Option<i64> = redis.query(&["SADD", "sluice:node:ae:calls", "ae:1"]);
-    let _: Option<String> = redis.query(&["SET", "sluice:r:ae:1", "sluice:c:server"]);
+    let _: Option<i64> = redis.query(&["HSET", "sluice:node:ae:held", "ae:0:1", "sluice:c:server"]);
     let _: Option<i64> = redis.query(&["INCR", "sluice:c:server"]);
     assert_eq!(redis.server_channels(), 1);
     assert_eq!(
@@ -774,8 +773,8 @@ fn the_shared_window_is_exact_and_forgets_what_left_its_second() {
     // Refused by its second demand: the first demand's channel goes back, its window is untouched.
     let refused = store.admit(now(), &[tight.clone(), full.clone()], false).expect_err("no channel");
     assert_eq!(refused.kind, Refusal::Channels);
-    assert_eq!(channels("tight"), Some(3), "the refusal gave back the channel it took");
-    assert_eq!(channels("full"), Some(0));
+    assert_eq!(channels("tight"), Some(3), "the refusal kept no channel of the first demand");
+    assert_eq!(channels("full").unwrap_or(0), 0, "nor of the refusing one");
     for _ in 0..100 {
         held.push(store.admit(now(), std::slice::from_ref(&huge), true).expect("far under"));
     }
@@ -824,7 +823,7 @@ fn a_restarted_node_meets_none_of_the_ids_its_last_run_abandoned() {
     };
     let now = tokio::time::Instant::now;
     let demand = [Demand { key: LimitKey::server(), channels: Some(10), ..Demand::default() }];
-    let records = || redis.query::<Vec<String>>(&["KEYS", "sluice:r:restart:*"]).unwrap_or_default();
+    let records = || redis.query::<Vec<String>>(&["HKEYS", "sluice:node:restart:held"]).unwrap_or_default();
 
     let first = RedisStore::new(settings.clone(), Arc::new(MemoryStore::new(now()))).expect("store");
     let call = first.admit(now(), &demand, true).expect("admitted");
@@ -834,7 +833,7 @@ fn a_restarted_node_meets_none_of_the_ids_its_last_run_abandoned() {
     first.stop();
     drop(first);
     // As if that admission had timed out and been given up: its id is marked abandoned.
-    let id = ids[0].trim_start_matches("sluice:r:");
+    let id = &ids[0];
     let _: Option<String> = redis.query(&["SET", &format!("sluice:t:{id}"), "1", "PX", "3600000"]);
 
     let second = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
@@ -887,5 +886,203 @@ fn anti_entropy_keeps_every_live_call_of_a_busy_node() {
         store.release(now(), call);
     }
     assert_eq!(redis.settle_channels_within_blocking(0, Duration::from_secs(5)), 0, "all released, once");
+    store.stop();
+}
+
+/// Admissions that arrive together go to Redis together, one script per batch. A batch must
+/// decide as if its calls had come one at a time: a call refused by a later demand keeps
+/// nothing of its earlier ones, the next call sees every admission before it, and a shadow
+/// limit reports without refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_admissions_decides_as_if_one_at_a_time() {
+    use std::sync::Arc;
+
+    use sluice::config::OnFailure;
+    use sluice::limit::memory::MemoryStore;
+    use sluice::limit::redis::{RedisSettings, RedisStore, Remote};
+    use sluice::limit::{Demand, KeyName, LimitKey, Refusal, Scope, Store};
+
+    let Some(redis) = Redis::start(free_port()) else { return };
+    let settings = RedisSettings {
+        url: redis.url(),
+        node: "batch".into(),
+        on_failure: OnFailure::Reject,
+        nodes: 1,
+        timeout: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(10),
+    };
+    let now = tokio::time::Instant::now;
+    let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
+    let key = |scope, name: &str| LimitKey { scope, name: KeyName::Text(Arc::from(name)) };
+    let demands = |customer: &str| {
+        vec![
+            Demand { key: LimitKey::server(), cpm: Some(50), channels: Some(1_000), ..Demand::default() },
+            Demand { key: key(Scope::Customer, customer), channels: Some(10), ..Demand::default() },
+            Demand { key: key(Scope::Did, "watched"), cps: Some(0), shadow: true, ..Demand::default() },
+        ]
+    };
+    let wave = |customers: Vec<String>| {
+        let tasks: Vec<_> = customers
+            .into_iter()
+            .map(|c| {
+                let store = store.clone();
+                let d = demands(&c);
+                tokio::spawn(async move { (c, store.admit_async(now(), vec![d], true).await) })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.expect("admission task"));
+            }
+            out
+        }
+    };
+
+    // 200 at once over 4 customers of 10 channels each: 40 fit, and the 160 refused by
+    // their customer take no minute-window slot of the server.
+    let first = wave((0..200).map(|i| format!("c{}", i % 4)).collect()).await;
+    let mut held = Vec::new();
+    let mut per_customer = std::collections::HashMap::<String, usize>::new();
+    for (c, answer) in first {
+        match answer {
+            Remote::Admitted(_, r) => {
+                assert_eq!(r.would_reject().len(), 1, "the shadow limit reports each call");
+                *per_customer.entry(c).or_default() += 1;
+                held.push(r);
+            }
+            Remote::Rejected(r) => assert_eq!((r.key.scope, r.kind), (Scope::Customer, Refusal::Channels)),
+            Remote::Unavailable => panic!("Redis answered every batch"),
+        }
+    }
+    assert_eq!(held.len(), 40);
+    assert!(per_customer.values().all(|n| *n == 10), "{per_customer:?}");
+    let card = |k: &str| redis.query::<i64>(&["ZCARD", k]).unwrap_or(-1);
+    assert_eq!(card("sluice:m:server"), 40, "only the admitted calls are in the server's minute");
+    // 20 more of a new customer: the server's minute has room for exactly 10.
+    let second = wave((0..20).map(|_| "fresh".to_string()).collect()).await;
+    let mut refused = 0;
+    for (_, answer) in second {
+        match answer {
+            Remote::Admitted(_, r) => held.push(r),
+            Remote::Rejected(r) => {
+                assert_eq!((r.key.scope, r.kind), (Scope::Server, Refusal::Cpm));
+                refused += 1;
+            }
+            Remote::Unavailable => panic!("Redis answered every batch"),
+        }
+    }
+    assert_eq!((held.len(), refused), (50, 10));
+    assert_eq!(redis.server_channels(), 50);
+    let stats: String = redis.query(&["INFO", "commandstats"]).unwrap_or_default();
+    let scripts: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls=")?.split(',').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(scripts > 0 && scripts < 220, "220 admissions went in fewer scripts: {scripts}");
+    for r in held {
+        store.release(now(), r);
+    }
+    store.stop();
+}
+
+/// A node upgraded in place finds what its previous version left in that version's layout
+/// (one string key per reservation, listed in a set per node): its first sweep after the
+/// start gives those channels back too.
+#[test]
+fn an_upgraded_node_releases_what_its_previous_version_left() {
+    use std::sync::Arc;
+
+    use sluice::config::OnFailure;
+    use sluice::limit::Store;
+    use sluice::limit::memory::MemoryStore;
+    use sluice::limit::redis::{RedisSettings, RedisStore};
+
+    let Some(redis) = Redis::start(free_port()) else { return };
+    for id in ["old:1", "old:2"] {
+        let _: Option<i64> = redis.query(&["SADD", "sluice:node:old:calls", id]);
+        let _: Option<String> = redis.query(&["SET", &format!("sluice:r:{id}"), "sluice:c:server"]);
+        let _: Option<i64> = redis.query(&["INCR", "sluice:c:server"]);
+    }
+    assert_eq!(redis.server_channels(), 2);
+    let settings = RedisSettings {
+        url: redis.url(),
+        node: "old".into(),
+        on_failure: OnFailure::Reject,
+        nodes: 1,
+        timeout: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(10),
+    };
+    let store =
+        RedisStore::new(settings, Arc::new(MemoryStore::new(tokio::time::Instant::now()))).expect("store");
+    assert!(store.healthy());
+    assert_eq!(redis.server_channels(), 0, "the previous run's reservations are given back");
+    let left: Vec<String> = redis.query(&["KEYS", "sluice:r:*"]).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    store.stop();
+}
+
+/// One late answer is one call decided by `on_failure`, not an outage: the store stays up.
+/// Redis that stays slow (three batches in a row unanswered in time) is counted as down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_late_answer_is_not_an_outage_but_a_slow_redis_is() {
+    use std::sync::Arc;
+
+    use sluice::config::OnFailure;
+    use sluice::limit::memory::MemoryStore;
+    use sluice::limit::redis::{RedisSettings, RedisStore, Remote};
+    use sluice::limit::{Demand, LimitKey, Store};
+
+    let Some(redis) = Redis::start(free_port()) else { return };
+    let settings = RedisSettings {
+        url: redis.url(),
+        node: "late".into(),
+        on_failure: OnFailure::Reject,
+        nodes: 1,
+        timeout: Duration::from_millis(300),
+        heartbeat: Duration::from_secs(10),
+    };
+    let now = tokio::time::Instant::now;
+    let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
+    let demand = || vec![vec![Demand { key: LimitKey::server(), channels: Some(100), ..Demand::default() }]];
+    let sleep = |secs: f64| {
+        let url = redis.url();
+        std::thread::spawn(move || {
+            let client = redis::Client::open(url).expect("client");
+            let mut conn = client.get_connection().expect("connection");
+            let _: redis::RedisResult<String> = redis::cmd("DEBUG").arg("SLEEP").arg(secs).query(&mut conn);
+        })
+    };
+    let mut held = Vec::new();
+    match store.admit_async(now(), demand(), true).await {
+        Remote::Admitted(_, r) => held.push(r),
+        other => panic!("Redis answers: {other:?}"),
+    }
+
+    let busy = sleep(0.6);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(store.admit_async(now(), demand(), true).await, Remote::Unavailable), "the late one");
+    assert!(store.healthy(), "one late answer does not count Redis as down");
+    busy.join().expect("sleep");
+    match store.admit_async(now(), demand(), true).await {
+        Remote::Admitted(_, r) => held.push(r),
+        other => panic!("Redis answers again: {other:?}"),
+    }
+
+    let busy = sleep(2.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        assert!(matches!(store.admit_async(now(), demand(), true).await, Remote::Unavailable));
+    }
+    // The third batch's own timeout ends just after its caller's.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while store.healthy() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!store.healthy(), "three late batches in a row: Redis counts as down");
+    busy.join().expect("sleep");
+    for r in held {
+        store.release(now(), r);
+    }
     store.stop();
 }

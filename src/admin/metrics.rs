@@ -187,6 +187,15 @@ fn build(admin: &Admin) -> Option<String> {
     .ok()?;
     cluster_up.set(i64::from(admin.shared.store.healthy()));
     registry.register(Box::new(cluster_up)).ok()?;
+    if let Some(cluster) = &admin.shared.cluster {
+        let late = prometheus::IntCounter::new(
+            "sluice_cluster_unanswered_total",
+            "New calls the cluster store did not answer within timeout_ms while it was up (each was decided by on_failure).",
+        )
+        .ok()?;
+        late.inc_by(cluster.unanswered());
+        registry.register(Box::new(late)).ok()?;
+    }
 
     configured_limits(&registry, &admin.shared.config())?;
     let gateway_up = gauge(

@@ -235,6 +235,18 @@ pub trait Store: Send + Sync {
     /// counted (an INVITE re-sent with credentials after 401/407): it takes channels only.
     fn admit(&self, now: Instant, demands: &[Demand], count_cps: bool) -> Result<Reservation, Rejection>;
 
+    /// Admits without asking the shared store, as its `on_failure` says: for a call it did
+    /// not answer in time (the SIP path never waits on it twice). A store that is not shared
+    /// admits as always.
+    fn admit_unshared(
+        &self,
+        now: Instant,
+        demands: &[Demand],
+        count_cps: bool,
+    ) -> Result<Reservation, Rejection> {
+        self.admit(now, demands, count_cps)
+    }
+
     /// Returns the channels of a reservation (consumed: a reservation is released once).
     fn release(&self, now: Instant, reservation: Reservation);
 

@@ -36,106 +36,183 @@ use crate::config::{Cluster, OnFailure};
 
 const PREFIX: &str = "sluice:";
 
-/// Checks every demand and reserves all or nothing. Per demand three keys (the one-second
-/// window, the channel count, the one-minute window) and six arguments: cps, channels,
-/// this node's unapplied releases of the key (credited), cpm, paced, shadow (-1 = no
-/// limit). A shadow demand over a limit does not refuse; it is reported after the verdict.
-/// Returns {0, 0, i, kind, ...} (admitted, then the shadow hits) or {i, kind} (refused by
-/// demand i: kind 1 = cps, 2 = channels, 3 = cpm), or {-1, 0} for an abandoned id.
+/// Admits a batch of calls, each all or nothing, in order: each sees the ones before it, as
+/// if they had come one script at a time.
 ///
-/// Redis's CPU is the cluster's ceiling, and it goes mostly to the commands the script calls
-/// (about 1.5 us each), so the common case, an admission, calls as few as it can:
-/// - a channel count is taken with INCR and checked after; a refusal gives back what this
-///   admission took, so nothing is ever read twice;
-/// - a window's ZCARD, stale admissions included, is an upper bound: only when it is not
-///   below the limit is the window trimmed and counted again (exact near the limit), and
-///   admissions trim it every 32nd time, so it holds at most one span's admissions and 32;
-/// - times are handed to Redis as strings: a Lua number would be formatted with %.17g.
+/// KEYS[1] = the node's reservations (a hash: id -> its channel keys); then per distinct
+/// limit key j its one-second window, channel count and one-minute window (KEYS[3j-1 ..
+/// 3j+1]); then per call its abandoned marker. ARGV: K (distinct keys), B (calls); per key
+/// this node's unapplied releases of it (credited), cps, channels, cpm (-1 = no limit) and
+/// flags (1 = paced, 2 = shadow: over its limit it does not refuse; it is reported); then
+/// per call its id, '1' to count it in the windows, its record (its channel keys, one per
+/// line), its number of demands and their key numbers. Per call the reply holds {0, h, i,
+/// kind, ...} (admitted, then its h shadow hits), {i, kind} (refused by demand i: kind 1 =
+/// cps, 2 = channels, 3 = cpm) or {-1, 0} (an abandoned id).
+///
+/// Redis's CPU is the cluster's ceiling. A key shared by the calls of a batch (the server, a
+/// customer, a carrier) is read and written once per batch, not once per call, and its
+/// limits are sent once; per call the script only walks its key numbers:
+/// - a channel count is read once and written with one INCRBY;
+/// - a window's ZCARD, stale admissions included, is an upper bound: only when it reaches
+///   the limit is the window trimmed and counted again (exact near the limit), and it is
+///   trimmed each time its count passes a multiple of 32, so it holds at most one span's
+///   admissions and 32; its new members (the call ids) go in with one ZADD and one PEXPIRE;
+/// - the batch's records go in with one HSET; times go as strings (a Lua number would be
+///   formatted with %.17g).
 const ADMIT: &str = r#"
-if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {-1, 0} end
+local K, B = tonumber(ARGV[1]), tonumber(ARGV[2])
+local marks = 1 + 3 * K
+local marked = {}
+if redis.call('EXISTS', unpack(KEYS, marks + 1, marks + B)) > 0 then
+  for b = 1, B do marked[b] = redis.call('EXISTS', KEYS[marks + b]) == 1 end
+end
 local t = redis.call('TIME')
 local now_s = t[1] .. string.sub('00000' .. t[2], -6)
 local now = tonumber(now_s)
-local n = tonumber(ARGV[3])
-local count = ARGV[1] == '1'
-local hits, cards = {}, {}
-local function trim(k, span)
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%d', now - span))
+local credit, cps, ch, cpm, paced, shadow = {}, {}, {}, {}, {}, {}
+local used, taken = {}, {}
+-- per window slot: 2j-1 = key j's second, 2j = its minute
+local card, added, trimmed, latest, members = {}, {}, {}, {}, {}
+for j = 1, K do
+  local a = 3 + 5 * (j - 1)
+  credit[j], cps[j], ch[j], cpm[j] = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local flags = tonumber(ARGV[a + 4])
+  paced[j], shadow[j] = flags % 2 == 1, flags >= 2
+  taken[j] = 0
 end
-local function over(k, limit, span, slot)
-  local c = redis.call('ZCARD', k)
-  if c >= limit then
-    trim(k, span)
-    c = redis.call('ZCARD', k)
+local function wkey(s) if s % 2 == 1 then return KEYS[s + (s + 1) / 2] end return KEYS[s + s / 2 + 1] end
+local function trim(s)
+  local span = (s % 2 == 1) and 1000000 or 60000000
+  redis.call('ZREMRANGEBYSCORE', wkey(s), '-inf', string.format('%d', now - span))
+  trimmed[s] = true
+end
+local function seen(s)
+  if not card[s] then card[s] = redis.call('ZCARD', wkey(s)); added[s] = 0 end
+end
+-- The window's count with this batch's admissions, exact when it reaches `limit`.
+local function count(s, limit)
+  seen(s)
+  if card[s] + added[s] >= limit and not trimmed[s] then
+    trim(s)
+    card[s] = redis.call('ZCARD', wkey(s))
   end
-  cards[slot] = c
-  return c >= limit
+  return card[s] + added[s]
 end
-for i = 1, n do
-  local a = 3 + 6 * (i - 1)
-  local cps, ch, credit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local cpm = tonumber(ARGV[a + 4])
-  local w, m = KEYS[3 * i - 2], KEYS[3 * i]
-  local kind = 0
-  local used = redis.call('INCR', KEYS[3 * i - 1]) - 1
-  if ch >= 0 and used - credit >= ch then kind = 2 end
-  if kind == 0 and count and cps >= 0 then
-    if over(w, cps, 1000000, 2 * i - 1) then
-      kind = 1
-    elseif ARGV[a + 5] == '1' and cps > 0 then
-      local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
-      if last[2] and now - tonumber(last[2]) < math.ceil(1000000 / cps) then kind = 1 end
+local function last(s)
+  if added[s] > 0 then return now end
+  if latest[s] == nil then
+    local l = redis.call('ZRANGE', wkey(s), -1, -1, 'WITHSCORES')
+    latest[s] = l[2] and tonumber(l[2]) or false
+  end
+  return latest[s]
+end
+local reply, records, took = {}, {}, {}
+local a = 3 + 5 * K
+for b = 1, B do
+  local id, counted, record, n = ARGV[a], ARGV[a + 1] == '1', ARGV[a + 2], tonumber(ARGV[a + 3])
+  local first = a + 4
+  a = first + n
+  if marked[b] then
+    reply[#reply + 1] = -1
+    reply[#reply + 1] = 0
+  else
+    local refused, kind, hits, m = 0, 0, 0, 0
+    for i = 1, n do
+      local j = tonumber(ARGV[first + i - 1])
+      if not used[j] then used[j] = tonumber(redis.call('GET', KEYS[3 * j]) or '0') end
+      local k = 0
+      if ch[j] >= 0 and used[j] + taken[j] - credit[j] >= ch[j] then k = 2 end
+      if k == 0 and counted and cps[j] >= 0 then
+        if count(2 * j - 1, cps[j]) >= cps[j] then
+          k = 1
+        elseif paced[j] and cps[j] > 0 then
+          local l = last(2 * j - 1)
+          if l and now - l < math.ceil(1000000 / cps[j]) then k = 1 end
+        end
+      end
+      if k == 0 and counted and cpm[j] >= 0 and count(2 * j, cpm[j]) >= cpm[j] then k = 3 end
+      if k ~= 0 and not shadow[j] then refused, kind = i, k; break end
+      if k ~= 0 then
+        hits = hits + 1
+        took[2 * n + 2 * hits - 1], took[2 * n + 2 * hits] = i, k
+      end
+      taken[j] = taken[j] + 1
+      m = m + 1
+      took[m] = j
+      if counted and cps[j] >= 0 then seen(2 * j - 1); added[2 * j - 1] = added[2 * j - 1] + 1 end
+      if counted and cpm[j] >= 0 then seen(2 * j); added[2 * j] = added[2 * j] + 1 end
+    end
+    for q = 1, m do
+      local j = took[q]
+      if refused > 0 then
+        taken[j] = taken[j] - 1
+        if counted and cps[j] >= 0 then added[2 * j - 1] = added[2 * j - 1] - 1 end
+        if counted and cpm[j] >= 0 then added[2 * j] = added[2 * j] - 1 end
+      else
+        for s = 2 * j - 1, 2 * j do
+          if counted and ((s % 2 == 1 and cps[j] >= 0) or (s % 2 == 0 and cpm[j] >= 0)) then
+            local list = members[s]
+            if not list then list = {}; members[s] = list end
+            list[#list + 1] = now_s
+            list[#list + 1] = id
+          end
+        end
+      end
+    end
+    if refused > 0 then
+      reply[#reply + 1] = refused
+      reply[#reply + 1] = kind
+    else
+      records[#records + 1] = id
+      records[#records + 1] = record
+      reply[#reply + 1] = 0
+      reply[#reply + 1] = hits
+      for h = 1, 2 * hits do reply[#reply + 1] = took[2 * n + h] end
     end
   end
-  if kind == 0 and count and cpm >= 0 and over(m, cpm, 60000000, 2 * i) then kind = 3 end
-  if kind ~= 0 then
-    if ARGV[a + 6] ~= '1' then
-      for j = 1, i do redis.call('DECR', KEYS[3 * j - 1]) end
-      return {i, kind}
-    end
-    hits[#hits + 1] = i
-    hits[#hits + 1] = kind
-  end
 end
-local function add(k, limit, ttl, span, slot, shadow, member)
-  if limit < 0 then return end
-  redis.call('ZADD', k, now_s, member)
-  if shadow then
+for j = 1, K do
+  if taken[j] > 0 then redis.call('INCRBY', KEYS[3 * j], taken[j]) end
+end
+for s, list in pairs(members) do
+  local k, j = wkey(s), math.floor((s + 1) / 2)
+  redis.call('ZADD', k, unpack(list))
+  if shadow[j] then
     -- Over a shadow limit the window keeps only the admissions that can matter.
+    local limit = (s % 2 == 1) and cps[j] or cpm[j]
     redis.call('ZREMRANGEBYRANK', k, 0, string.format('%d', -(limit + 1)))
-  elseif not cards[slot] or cards[slot] % 32 == 31 then
-    trim(k, span)
+  elseif not trimmed[s] and math.floor(card[s] / 32) < math.floor((card[s] + added[s]) / 32) then
+    trim(s)
   end
-  redis.call('PEXPIRE', k, ttl)
+  redis.call('PEXPIRE', k, (s % 2 == 1) and '2000' or '61000')
 end
-local record = {}
-for i = 1, n do
-  local a = 3 + 6 * (i - 1)
-  record[i] = KEYS[3 * i - 1]
-  if count then
-    local member, shadow = ARGV[2] .. ':' .. i, ARGV[a + 6] == '1'
-    add(KEYS[3 * i - 2], tonumber(ARGV[a + 1]), '2000', 1000000, 2 * i - 1, shadow, member)
-    add(KEYS[3 * i], tonumber(ARGV[a + 4]), '61000', 60000000, 2 * i, shadow, member)
-  end
-end
-redis.call('SET', KEYS[3 * n + 1], table.concat(record, '\n'))
-redis.call('SADD', KEYS[3 * n + 2], ARGV[2])
-local reply = {0, 0}
-for _, v in ipairs(hits) do reply[#reply + 1] = v end
+if #records > 0 then redis.call('HSET', KEYS[1], unpack(records)) end
 return reply
 "#;
 
-/// Lua shared by the scripts that end reservations: gives back the channels a reservation
-/// record lists (never below zero) and deletes it; false when there was no record.
+/// Admissions sent in one script at most: a batch is what queued while the one before it was
+/// in Redis, so its size follows the load; this bounds one script's pause of Redis.
+const ADMIT_BATCH: usize = 64;
+
+/// Admissions waiting for the batcher at most; beyond, a call is decided by `on_failure`.
+const ADMIT_QUEUE: usize = 8_192;
+
+/// Lua shared by the scripts that end reservations: gives back the channels a record lists
+/// (never below zero); `give_back` ends a record of the layout sluice used before (one
+/// string key per reservation, listed in a set per node), which a node upgraded in place
+/// finds from its previous run.
 macro_rules! lua_give_back {
     () => {
         r#"
-local function give_back(rk)
-  local rec = redis.call('GET', rk)
-  if not rec then return false end
+local function give_record(rec)
   for k in string.gmatch(rec, '[^\n]+') do
     if redis.call('DECR', k) < 0 then redis.call('SET', k, 0) end
   end
+end
+local function give_back(rk)
+  local rec = redis.call('GET', rk)
+  if not rec then return false end
+  give_record(rec)
   redis.call('DEL', rk)
   return true
 end
@@ -143,77 +220,107 @@ end
     };
 }
 
-/// Ends one reservation (idempotent). Without a record: an abandoned admission (ARGV[2] =
-/// 1) leaves a marker so that, should it reach Redis later, it reserves nothing.
-const RELEASE: &str = concat!(
-    lua_give_back!(),
-    r#"
-if not give_back(KEYS[1]) then
-  if ARGV[2] == '1' then redis.call('SET', KEYS[3], '1', 'PX', ARGV[3]) end
-  return 0
+/// Ends a batch of reservations (idempotent). KEYS[1] = the node's reservations, then per
+/// release its abandoned marker; ARGV[1] = the markers' lifetime, then per release its id
+/// and '1' for an abandoned admission. A record's channels are given back (never below
+/// zero), one DECRBY per key for the whole batch. Without a record, an abandoned admission
+/// leaves a marker so that, should it reach Redis later, it reserves nothing. Returns the
+/// number of records ended.
+const RELEASE: &str = r#"
+local B = (#ARGV - 1) / 2
+local ids = {}
+for b = 1, B do ids[b] = ARGV[2 * b] end
+local recs = redis.call('HMGET', KEYS[1], unpack(ids))
+local give, gone, seen = {}, {}, {}
+for b = 1, B do
+  local id, rec = ids[b], recs[b]
+  if rec and not seen[id] then
+    seen[id] = true
+    for k in string.gmatch(rec, '[^\n]+') do give[k] = (give[k] or 0) + 1 end
+    gone[#gone + 1] = id
+  elseif not rec and ARGV[2 * b + 1] == '1' then
+    redis.call('SET', KEYS[1 + b], '1', 'PX', ARGV[1])
+  end
 end
-redis.call('SREM', KEYS[2], ARGV[1])
-return 1
-"#
-);
+for k, n in pairs(give) do
+  if redis.call('DECRBY', k, n) < 0 then redis.call('SET', k, 0) end
+end
+if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
+return #gone
+"#;
 
 /// Releases every reservation of a node whose heartbeat key is gone (or, with ARGV[2] = 1,
-/// unconditionally: a node cleaning up after its own restart).
+/// unconditionally: a node cleaning up after its own restart). KEYS[1] = its reservations,
+/// KEYS[2] = its heartbeat, KEYS[3] = its set in the layout before (ARGV[1] = that
+/// layout's record prefix).
 const SWEEP: &str = concat!(
     lua_give_back!(),
     r#"
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local ids = redis.call('SMEMBERS', KEYS[1])
-for _, id in ipairs(ids) do
-  give_back(ARGV[1] .. id)
-end
+local all = redis.call('HGETALL', KEYS[1])
+for i = 2, #all, 2 do give_record(all[i]) end
 redis.call('DEL', KEYS[1])
-return #ids
+local old = redis.call('SMEMBERS', KEYS[3])
+for _, id in ipairs(old) do give_back(ARGV[1] .. id) end
+redis.call('DEL', KEYS[3])
+return #all / 2 + #old
 "#
 );
 
 /// Anti-entropy, first half: the node re-asserts the reservations of its live calls.
-/// KEYS[1] = the node's set; ARGV[1] = the record prefix; then per live call its id, the
-/// number of its channel keys and the keys. A missing record is re-created and its keys
-/// counted again (Redis restarted empty, restored from an old snapshot, or a replica promoted
-/// without the last writes). Returns the number re-created.
+/// KEYS[1] = the node's reservations; ARGV: per live call its id, the number of its channel
+/// keys and the keys. A missing record is re-created and its keys counted again (Redis
+/// restarted empty, restored from an old snapshot, or a replica promoted without the last
+/// writes). Returns the number re-created.
 const ASSERT: &str = r#"
-local i, made = 2, 0
+local i, calls = 1, {}
 while i <= #ARGV do
-  local id, k = ARGV[i], tonumber(ARGV[i + 1])
-  local rk = ARGV[1] .. id
-  if redis.call('EXISTS', rk) == 0 then
+  calls[#calls + 1] = i
+  i = i + 2 + tonumber(ARGV[i + 1])
+end
+if #calls == 0 then return 0 end
+local ids = {}
+for c, at in ipairs(calls) do ids[c] = ARGV[at] end
+local recs = redis.call('HMGET', KEYS[1], unpack(ids))
+local made = 0
+for c, at in ipairs(calls) do
+  if not recs[c] then
     local record = {}
-    for j = 1, k do
-      local key = ARGV[i + 1 + j]
+    for j = 1, tonumber(ARGV[at + 1]) do
+      local key = ARGV[at + 1 + j]
       redis.call('INCR', key)
       record[j] = key
     end
-    redis.call('SET', rk, table.concat(record, '\n'))
-    redis.call('SADD', KEYS[1], id)
+    redis.call('HSET', KEYS[1], ids[c], table.concat(record, '\n'))
     made = made + 1
   end
-  i = i + 2 + k
 end
 return made
 "#;
 
 /// Anti-entropy, second half: gives back the reservations Redis holds for this node that no
-/// live call holds (the node picked them from the node's set). KEYS[1] = the node's set;
-/// ARGV[1] = the record prefix; ARGV[2..] = the ids. Returns the number dropped.
+/// live call holds (the node picked them from its reservations). KEYS[1] = the node's
+/// reservations; ARGV = the ids. Returns the number dropped.
 const DROP: &str = concat!(
     lua_give_back!(),
     r#"
 local dropped = 0
-for i = 2, #ARGV do
-  if give_back(ARGV[1] .. ARGV[i]) then dropped = dropped + 1 end
-  redis.call('SREM', KEYS[1], ARGV[i])
+for _, id in ipairs(ARGV) do
+  local rec = redis.call('HGET', KEYS[1], id)
+  if rec then
+    give_record(rec)
+    redis.call('HDEL', KEYS[1], id)
+    dropped = dropped + 1
+  end
 end
 return dropped
 "#
 );
 
-/// Releases sent in one pipeline at most.
+/// How soon a store that counts Redis as down tries it again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Releases sent in one script at most.
 const RELEASE_BATCH: usize = 256;
 
 /// Live calls re-asserted per script call (bounds one call's size and Redis's pause).
@@ -228,14 +335,16 @@ fn channels_key(key: &LimitKey) -> String {
 fn minute_key(key: &LimitKey) -> String {
     format!("{PREFIX}m:{key}")
 }
-fn reservation_key(id: &str) -> String {
-    format!("{PREFIX}r:{id}")
-}
 /// Marks an admission this node gave up on: if it reaches Redis later, it reserves nothing.
 fn abandoned_key(id: &str) -> String {
     format!("{PREFIX}t:{id}")
 }
-fn node_calls_key(node: &str) -> String {
+/// A node's reservations: a hash of id -> its channel keys, one per line.
+fn node_held_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:held")
+}
+/// A node's reservation ids in the layout before the hash (each record a string key).
+fn legacy_calls_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:calls")
 }
 fn node_alive_key(node: &str) -> String {
@@ -280,8 +389,14 @@ pub struct RedisStore {
     /// The Redis to use: a fixed URL, or the primary a Sentinel deployment names.
     primary: super::primary::Primary,
     conn: Mutex<Option<redis::Connection>>,
-    /// The multiplexed connection new-call admissions share (many in flight at once).
+    /// The connection the admission batcher sends on.
     aconn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The admission batcher's queue (started by the first asynchronous admission).
+    batcher: Mutex<Option<tokio::sync::mpsc::Sender<Queued>>>,
+    /// Batches in a row Redis did not answer in time.
+    slow_batches: std::sync::atomic::AtomicU32,
+    /// New calls Redis did not answer in time while up (each decided by `on_failure`).
+    unanswered: AtomicU64,
     local: Arc<MemoryStore>,
     up: AtomicBool,
     /// This run of the node, in every reservation id: Redis keeps the ids a run abandoned
@@ -325,6 +440,9 @@ impl RedisStore {
             primary,
             conn: Mutex::new(None),
             aconn: Mutex::new(None),
+            batcher: Mutex::new(None),
+            slow_batches: std::sync::atomic::AtomicU32::new(0),
+            unanswered: AtomicU64::new(0),
             local,
             up: AtomicBool::new(false),
             run: run_nonce(),
@@ -355,7 +473,13 @@ impl RedisStore {
             .name("sluice-cluster".into())
             .spawn(move || {
                 while !store.stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(store.settings.heartbeat.min(Duration::from_secs(1)));
+                    // Down: try again soon, so a false alarm (a few late answers) costs little.
+                    let pause = if store.up.load(Ordering::Relaxed) {
+                        Duration::from_secs(1)
+                    } else {
+                        RECONNECT_PAUSE
+                    };
+                    std::thread::sleep(store.settings.heartbeat.min(pause));
                     store.maintain();
                 }
             })
@@ -367,6 +491,7 @@ impl RedisStore {
 
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        *self.batcher.lock() = None; // ends the batcher once its queue is empty
         *self.release_tx.lock() = None; // ends the release worker
     }
 
@@ -378,8 +503,8 @@ impl RedisStore {
         let spawned = std::thread::Builder::new().name("sluice-release".into()).spawn(move || {
             let mut conn: Option<redis::Connection> = None;
             while let Ok(first) = rx.recv() {
-                // Whatever else is queued goes in the same round trip: one pipeline of
-                // release scripts, so releases keep up with admissions.
+                // Whatever else is queued goes in the same script, so releases keep up with
+                // admissions and a key shared by many calls is written once.
                 let mut batch = vec![first];
                 while batch.len() < RELEASE_BATCH {
                     match rx.try_recv() {
@@ -388,19 +513,10 @@ impl RedisStore {
                     }
                 }
                 if conn.is_none() {
-                    conn = store.primary.client().and_then(|client| {
-                        let mut c = store.connect(&client).ok()?;
-                        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(RELEASE).query(&mut c).ok()?;
-                        Some(c)
-                    });
+                    conn = store.primary.client().and_then(|client| store.connect(&client).ok());
                 }
-                let done = conn.as_mut().map(|c| {
-                    let mut pipe = redis::pipe();
-                    for release in &batch {
-                        pipe.add_command(store.release_cmd(release)).ignore();
-                    }
-                    pipe.query::<()>(c)
-                });
+                let done =
+                    conn.as_mut().map(|c| store.release_invocation(&batch).invoke::<i64>(c).map(|_| ()));
                 if matches!(done, Some(Ok(()))) {
                     for release in &batch {
                         store.applied(release);
@@ -440,8 +556,9 @@ impl RedisStore {
             if fresh {
                 let _: i64 = self
                     .sweep
-                    .key(node_calls_key(node))
+                    .key(node_held_key(node))
                     .key(node_alive_key(node))
+                    .key(legacy_calls_key(node))
                     .arg(format!("{PREFIX}r:"))
                     .arg("1")
                     .invoke(&mut conn)?;
@@ -510,8 +627,9 @@ impl RedisStore {
             for node in nodes.iter().filter(|n| **n != self.settings.node) {
                 let freed: i64 = self
                     .sweep
-                    .key(node_calls_key(node))
+                    .key(node_held_key(node))
                     .key(node_alive_key(node))
+                    .key(legacy_calls_key(node))
                     .arg(format!("{PREFIX}r:"))
                     .arg("0")
                     .invoke(conn)?;
@@ -546,12 +664,10 @@ impl RedisStore {
         };
         let held: Vec<(String, Vec<String>)> =
             self.held.lock().iter().map(|(id, keys)| (id.clone(), keys.clone())).collect();
-        let prefix = format!("{PREFIX}r:");
-        let calls_key = node_calls_key(&self.settings.node);
+        let held_key = node_held_key(&self.settings.node);
         let mut made = 0i64;
         for chunk in held.chunks(ASSERT_BATCH) {
-            let mut call = self.assert.key(&calls_key);
-            call.arg(&prefix);
+            let mut call = self.assert.key(&held_key);
             for (id, keys) in chunk {
                 call.arg(id).arg(keys.len());
                 for k in keys {
@@ -563,15 +679,14 @@ impl RedisStore {
         // Stale: held in Redis for this node, not by a live call, and numbered before the
         // oldest admission still in flight (younger ones may not be in `held` yet).
         let live: std::collections::HashSet<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
-        let listed: Vec<String> = redis::cmd("SMEMBERS").arg(&calls_key).query(conn)?;
+        let listed: Vec<String> = redis::cmd("HKEYS").arg(&held_key).query(conn)?;
         let stale: Vec<&String> = listed
             .iter()
             .filter(|id| !live.contains(id.as_str()) && reservation_number(id) <= mark)
             .collect();
         let mut dropped = 0i64;
         for chunk in stale.chunks(ASSERT_BATCH) {
-            let mut call = self.drop.key(&calls_key);
-            call.arg(&prefix);
+            let mut call = self.drop.key(&held_key);
             for id in chunk {
                 call.arg(id.as_str());
             }
@@ -604,11 +719,6 @@ impl RedisStore {
         usize::try_from(credited).unwrap_or(0) + self.pending_releases.lock().len()
     }
 
-    /// This node's not-yet-applied releases of `key`.
-    fn credit(&self, key: &LimitKey) -> i64 {
-        self.releasing.lock().get(key).copied().unwrap_or(0)
-    }
-
     /// Redis applied a release: its channels no longer need crediting.
     fn applied(&self, release: &Release) {
         let mut releasing = self.releasing.lock();
@@ -622,31 +732,18 @@ impl RedisStore {
         }
     }
 
-    /// The release script as a plain EVALSHA (for pipelines; the script must be loaded).
-    fn release_cmd(&self, release: &Release) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.release.get_hash())
-            .arg(3)
-            .arg(reservation_key(&release.id))
-            .arg(node_calls_key(&self.settings.node))
-            .arg(abandoned_key(&release.id))
-            .arg(&release.id)
-            .arg(if release.abandoned { "1" } else { "0" })
-            .arg(ABANDONED_TTL_MS);
-        cmd
-    }
-
-    fn release_shared(&self, conn: &mut redis::Connection, release: &Release) -> redis::RedisResult<()> {
-        let _: i64 = self
-            .release
-            .key(reservation_key(&release.id))
-            .key(node_calls_key(&self.settings.node))
-            .key(abandoned_key(&release.id))
-            .arg(&release.id)
-            .arg(if release.abandoned { "1" } else { "0" })
-            .arg(ABANDONED_TTL_MS)
-            .invoke(conn)?;
-        Ok(())
+    /// The release script's call for a batch of releases.
+    fn release_invocation(&self, batch: &[Release]) -> redis::ScriptInvocation<'_> {
+        let mut call = self.release.prepare_invoke();
+        call.key(node_held_key(&self.settings.node));
+        for release in batch {
+            call.key(abandoned_key(&release.id));
+        }
+        call.arg(ABANDONED_TTL_MS);
+        for release in batch {
+            call.arg(&release.id).arg(if release.abandoned { "1" } else { "0" });
+        }
+        call
     }
 
     /// An admission whose answer never came (timeout, broken connection): Redis may still
@@ -661,32 +758,83 @@ impl RedisStore {
     /// rest stay queued, in order).
     fn flush_pending(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
         loop {
-            let Some(release) = self.pending_releases.lock().pop_front() else { return Ok(()) };
-            if let Err(e) = self.release_shared(conn, &release) {
-                self.pending_releases.lock().push_front(release);
+            let batch: Vec<Release> = {
+                let mut pending = self.pending_releases.lock();
+                let n = pending.len().min(RELEASE_BATCH);
+                pending.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            if let Err(e) = self.release_invocation(&batch).invoke::<i64>(conn) {
+                let mut pending = self.pending_releases.lock();
+                for release in batch.into_iter().rev() {
+                    pending.push_front(release);
+                }
                 return Err(e);
             }
-            self.applied(&release);
+            for release in &batch {
+                self.applied(release);
+            }
         }
     }
 
-    /// The admission script's call for `demands` under reservation `id`.
-    fn admit_invocation(&self, demands: &[Demand], count_cps: bool, id: &str) -> redis::ScriptInvocation<'_> {
+    /// The admission script's call for the first calls of `batch`, and how many it holds: a
+    /// key's limits go once per script, so a call that sees other limits for a key than the
+    /// calls before it (a reload between them) waits for the next script.
+    fn admit_invocation(&self, batch: &[Ask<'_>]) -> (redis::ScriptInvocation<'_>, usize) {
+        let mut keys: Vec<&Demand> = Vec::new();
+        let mut index: HashMap<&LimitKey, usize, ahash::RandomState> = HashMap::default();
+        let mut taken = 0;
+        for ask in batch {
+            let agrees =
+                ask.demands.iter().all(|d| index.get(&d.key).is_none_or(|&j| same_limits(keys[j - 1], d)));
+            if !agrees && taken > 0 {
+                break;
+            }
+            for d in ask.demands {
+                index.entry(&d.key).or_insert_with(|| {
+                    keys.push(d);
+                    keys.len()
+                });
+            }
+            taken += 1;
+        }
+        let batch = &batch[..taken];
         let mut call = self.admit.prepare_invoke();
-        for d in demands {
+        call.key(node_held_key(&self.settings.node));
+        for d in &keys {
             call.key(window_key(&d.key)).key(channels_key(&d.key)).key(minute_key(&d.key));
         }
-        call.key(reservation_key(id)).key(node_calls_key(&self.settings.node)).key(abandoned_key(id));
-        call.arg(if count_cps { "1" } else { "0" }).arg(id).arg(demands.len());
-        for d in demands {
-            call.arg(d.cps.map_or(-1, i64::from))
-                .arg(d.channels.map_or(-1, i64::from))
-                .arg(self.credit(&d.key))
-                .arg(d.cpm.map_or(-1, i64::from))
-                .arg(u8::from(d.paced))
-                .arg(u8::from(d.shadow));
+        for ask in batch {
+            call.key(abandoned_key(ask.id));
         }
-        call
+        call.arg(keys.len()).arg(batch.len());
+        {
+            let releasing = self.releasing.lock();
+            for d in &keys {
+                call.arg(releasing.get(&d.key).copied().unwrap_or(0))
+                    .arg(d.cps.map_or(-1, i64::from))
+                    .arg(d.channels.map_or(-1, i64::from))
+                    .arg(d.cpm.map_or(-1, i64::from))
+                    .arg(u8::from(d.paced) + 2 * u8::from(d.shadow));
+            }
+        }
+        let mut record = String::new();
+        for ask in batch {
+            record.clear();
+            for (i, d) in ask.demands.iter().enumerate() {
+                if i > 0 {
+                    record.push('\n');
+                }
+                record.push_str(&channels_key(&d.key));
+            }
+            call.arg(ask.id).arg(if ask.count_cps { "1" } else { "0" }).arg(&record).arg(ask.demands.len());
+            for d in ask.demands {
+                call.arg(index.get(&d.key).copied().unwrap_or(0));
+            }
+        }
+        (call, taken)
     }
 
     /// The shared admission (Ok: the shadow limits it went over); `None` when Redis did not
@@ -699,9 +847,10 @@ impl RedisStore {
     ) -> Option<Result<Vec<Rejection>, Rejection>> {
         let mut guard = self.conn.lock();
         let conn = guard.as_mut()?;
-        match self.admit_invocation(demands, count_cps, id).invoke::<Vec<i64>>(conn) {
+        let ask = [Ask { id, demands, count_cps }];
+        match self.admit_invocation(&ask).0.invoke::<Vec<i64>>(conn) {
             // None: abandoned earlier under this id (cannot happen for a fresh id)
-            Ok(reply) => verdict(demands, &reply),
+            Ok(reply) => verdict(demands, &reply).and_then(|(v, _)| v),
             Err(e) => {
                 drop(guard);
                 self.abandon(id.to_string());
@@ -767,62 +916,210 @@ pub enum Remote {
     Unavailable,
 }
 
+/// One call's admission in a batch.
+struct Ask<'a> {
+    id: &'a str,
+    demands: &'a [Demand],
+    count_cps: bool,
+}
+
+/// A batch's answer for one call: its verdict, or why the batch got none.
+type Answer = Result<Verdict, Failure>;
+
+/// Why a batch got no verdict.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// Redis did not answer within `timeout`.
+    Slow,
+    /// The connection failed, or the reply could not be read.
+    Broken(String),
+}
+
+/// Batches in a row that Redis did not answer in time before the store counts Redis as
+/// down: on a loaded host one answer is late now and then, and each late call is decided by
+/// `on_failure` on its own; falling back for every call takes a Redis that stays slow.
+const SLOW_BATCHES_DOWN: u32 = 3;
+
+/// An admission waiting for the batcher, with where its answer goes (its demands come back
+/// with it, for the mirror).
+struct Queued {
+    id: String,
+    demands: Vec<Demand>,
+    count_cps: bool,
+    answer: tokio::sync::oneshot::Sender<(Vec<Demand>, Answer)>,
+}
+
 impl RedisStore {
     /// Admits a new call without blocking the proxy: candidates (common + egress demands)
-    /// are tried in order over the shared multiplexed connection, each within `timeout`.
-    pub async fn admit_async(&self, now: Instant, candidates: Vec<Vec<Demand>>, count_cps: bool) -> Remote {
+    /// are tried in order, each within `timeout`. Each goes to the batcher, which sends
+    /// what has queued meanwhile as one script.
+    pub async fn admit_async(
+        self: &Arc<Self>,
+        now: Instant,
+        candidates: Vec<Vec<Demand>>,
+        count_cps: bool,
+    ) -> Remote {
         if !self.up.load(Ordering::Relaxed) {
             return Remote::Unavailable;
         }
-        let conn = self.aconn.lock().clone();
-        let mut conn = match conn {
-            Some(c) => c,
-            None => match tokio::time::timeout(self.settings.timeout, async {
-                match self.primary.client() {
-                    Some(client) => client.get_multiplexed_async_connection().await,
-                    None => Err(redis::RedisError::from((redis::ErrorKind::IoError, "no primary known"))),
-                }
-            })
-            .await
-            {
-                Ok(Ok(c)) => {
-                    *self.aconn.lock() = Some(c.clone());
-                    c
-                }
-                Ok(Err(e)) => return self.unavailable(&e.to_string()),
-                Err(_) => return self.unavailable("connect timed out"),
-            },
-        };
         let mut refusal = None;
-        for (i, demands) in candidates.iter().enumerate() {
+        for (i, demands) in candidates.into_iter().enumerate() {
             let flight = self.take_off();
             let id = flight.id(&self.settings.node);
-            let call = self.admit_invocation(demands, count_cps, &id);
-            let answer =
-                tokio::time::timeout(self.settings.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await;
-            match answer {
-                Ok(Ok(reply)) => match verdict(demands, &reply) {
-                    Some(Ok(would_reject)) => {
-                        return match self.mirror(now, demands, count_cps, id, would_reject) {
-                            Ok(mirror) => Remote::Admitted(i, mirror),
-                            Err(r) => Remote::Rejected(r),
-                        };
-                    }
-                    Some(Err(r)) if r.key.scope.is_egress() => refusal = Some(r),
-                    Some(Err(r)) => return Remote::Rejected(r),
-                    None => return self.unavailable("admission id abandoned"),
-                },
-                Ok(Err(e)) => {
-                    self.abandon(id);
-                    return self.unavailable(&e.to_string());
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let queued = Queued { id: id.clone(), demands, count_cps, answer };
+            if self.batcher().try_send(queued).is_err() {
+                // Thousands already wait for Redis: it is far behind.
+                return self.unavailable("admission queue full");
+            }
+            match tokio::time::timeout(self.settings.timeout, answered).await {
+                Ok(Ok((demands, Ok(Some(Ok(would_reject)))))) => {
+                    return match self.mirror(now, &demands, count_cps, id, would_reject) {
+                        Ok(mirror) => Remote::Admitted(i, mirror),
+                        Err(r) => Remote::Rejected(r),
+                    };
                 }
-                Err(_) => {
+                Ok(Ok((_, Ok(Some(Err(r)))))) if r.key.scope.is_egress() => refusal = Some(r),
+                Ok(Ok((_, Ok(Some(Err(r)))))) => return Remote::Rejected(r),
+                Ok(Ok((_, Ok(None)))) => return self.unavailable("admission id abandoned"),
+                // The batcher judges whether Redis is down; this call is decided without it.
+                // So is one that waited longer than `timeout` (queued behind a slow batch).
+                Ok(Ok((_, Err(_)))) | Ok(Err(_)) | Err(_) => {
                     self.abandon(id);
-                    return self.unavailable("admission timed out");
+                    self.unanswered.fetch_add(1, Ordering::Relaxed);
+                    return Remote::Unavailable;
                 }
             }
         }
         refusal.map_or(Remote::Unavailable, Remote::Rejected)
+    }
+
+    /// New calls Redis did not answer in time while the store was up.
+    pub fn unanswered(&self) -> u64 {
+        self.unanswered.load(Ordering::Relaxed)
+    }
+
+    /// The batcher's queue, starting the batcher on first use (on the caller's runtime).
+    fn batcher(self: &Arc<Self>) -> tokio::sync::mpsc::Sender<Queued> {
+        let mut batcher = self.batcher.lock();
+        if let Some(tx) = batcher.as_ref().filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(ADMIT_QUEUE);
+        tokio::spawn(self.clone().run_batches(rx));
+        *batcher = Some(tx.clone());
+        tx
+    }
+
+    /// Sends the queued admissions, one script per batch, one batch at a time: what queues
+    /// while one batch is in Redis goes in the next, so under load a script carries many
+    /// calls and Redis reads each shared key once for all of them. Ends with
+    /// [`RedisStore::stop`].
+    async fn run_batches(self: Arc<Self>, mut queue: tokio::sync::mpsc::Receiver<Queued>) {
+        let mut batch: Vec<Queued> = Vec::with_capacity(ADMIT_BATCH);
+        loop {
+            if batch.is_empty() {
+                if queue.recv_many(&mut batch, ADMIT_BATCH).await == 0 {
+                    return;
+                }
+            } else {
+                // Calls left from the last script (other limits for a key) go first.
+                while batch.len() < ADMIT_BATCH {
+                    match queue.try_recv() {
+                        Ok(q) => batch.push(q),
+                        Err(_) => break,
+                    }
+                }
+            }
+            // A caller that stopped waiting has abandoned its id already: not sent.
+            batch.retain(|q| !q.answer.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            let answers = self.admit_batch(&batch).await;
+            for (q, answer) in batch.drain(..answers.len()).zip(answers) {
+                let _ = q.answer.send((q.demands, answer));
+            }
+        }
+    }
+
+    /// The first calls of a batch through the admission script (as many as one script can
+    /// hold, at least one): one answer per call, in order.
+    async fn admit_batch(&self, batch: &[Queued]) -> Vec<Answer> {
+        let asks: Vec<Ask<'_>> =
+            batch.iter().map(|q| Ask { id: &q.id, demands: &q.demands, count_cps: q.count_cps }).collect();
+        let (call, taken) = self.admit_invocation(&asks);
+        let batch = &batch[..taken];
+        let failed = |why: Failure| {
+            match &why {
+                Failure::Slow => {
+                    if self.slow_batches.fetch_add(1, Ordering::Relaxed) + 1 >= SLOW_BATCHES_DOWN {
+                        self.mark_down("admissions timed out");
+                    }
+                }
+                Failure::Broken(e) => self.mark_down(e),
+            }
+            vec![Err(why); batch.len()]
+        };
+        let mut conn = match self.admission_connection().await {
+            Ok(c) => c,
+            Err(failure) => return failed(failure),
+        };
+        let reply =
+            match tokio::time::timeout(self.settings.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await
+            {
+                Ok(Ok(reply)) => {
+                    self.slow_batches.store(0, Ordering::Relaxed);
+                    reply
+                }
+                Ok(Err(e)) => return failed(Failure::Broken(e.to_string())),
+                Err(_) => {
+                    // The answer may still come: a fresh connection for the next batch, so it
+                    // does not wait behind this one.
+                    *self.aconn.lock() = None;
+                    return failed(Failure::Slow);
+                }
+            };
+        let mut rest = reply.as_slice();
+        let mut answers = Vec::with_capacity(batch.len());
+        for q in batch {
+            match verdict(&q.demands, rest) {
+                Some((v, used)) => {
+                    rest = rest.get(used..).unwrap_or_default();
+                    answers.push(Ok(v));
+                }
+                None => {
+                    // Nothing after an unreadable part can be placed either.
+                    self.mark_down("unreadable admission reply");
+                    answers.resize(batch.len(), Err(Failure::Broken("unreadable admission reply".into())));
+                    break;
+                }
+            }
+        }
+        answers
+    }
+
+    /// The multiplexed connection admissions share, connected on first use (and again after
+    /// the store marked itself down).
+    async fn admission_connection(&self) -> Result<redis::aio::MultiplexedConnection, Failure> {
+        if let Some(c) = self.aconn.lock().clone() {
+            return Ok(c);
+        }
+        let connected = tokio::time::timeout(self.settings.timeout, async {
+            match self.primary.client() {
+                Some(client) => client.get_multiplexed_async_connection().await,
+                None => Err(redis::RedisError::from((redis::ErrorKind::IoError, "no primary known"))),
+            }
+        })
+        .await;
+        match connected {
+            Ok(Ok(c)) => {
+                *self.aconn.lock() = Some(c.clone());
+                Ok(c)
+            }
+            Ok(Err(e)) => Err(Failure::Broken(e.to_string())),
+            Err(_) => Err(Failure::Slow),
+        }
     }
 
     /// Counts a reservation Redis granted in this node's own view (for /status and the
@@ -857,9 +1154,13 @@ impl RedisStore {
     }
 }
 
-/// Reads the admission script's reply: `Some(Ok(shadow hits))`, `Some(Err(refusal))`, or
-/// `None` for an abandoned id (or a reply this version cannot read).
-fn verdict(demands: &[Demand], reply: &[i64]) -> Option<Result<Vec<Rejection>, Rejection>> {
+/// What the admission script said of one call: `Some(Ok(shadow hits))`, `Some(Err(refusal))`,
+/// or `None` for an abandoned id.
+type Verdict = Option<Result<Vec<Rejection>, Rejection>>;
+
+/// Reads one call's part at the front of the admission script's reply, and how many numbers
+/// it took; `None` for a reply this version cannot read.
+fn verdict(demands: &[Demand], reply: &[i64]) -> Option<(Verdict, usize)> {
     let rejection = |i: i64, kind: i64| {
         let key = demands.get(usize::try_from(i - 1).ok()?)?.key.clone();
         let kind = match kind {
@@ -871,10 +1172,21 @@ fn verdict(demands: &[Demand], reply: &[i64]) -> Option<Result<Vec<Rejection>, R
         Some(Rejection { key, kind })
     };
     match reply {
-        [0, _, hits @ ..] => Some(Ok(hits.chunks_exact(2).filter_map(|h| rejection(h[0], h[1])).collect())),
-        [i, kind, ..] if *i > 0 => rejection(*i, *kind).map(Err),
+        [0, h, rest @ ..] => {
+            let pairs =
+                usize::try_from(*h).ok().filter(|h| h.checked_mul(2).is_some_and(|n| n <= rest.len()))?;
+            let hits = rest[..2 * pairs].chunks_exact(2).filter_map(|h| rejection(h[0], h[1])).collect();
+            Some((Some(Ok(hits)), 2 + 2 * pairs))
+        }
+        [-1, _, ..] => Some((None, 2)),
+        [i, kind, ..] if *i > 0 => Some((Some(Err(rejection(*i, *kind)?)), 2)),
         _ => None,
     }
+}
+
+/// Whether two demands of one key ask for the same limits (they go to the script once).
+fn same_limits(a: &Demand, b: &Demand) -> bool {
+    (a.cps, a.channels, a.cpm, a.paced, a.shadow) == (b.cps, b.channels, b.cpm, b.paced, b.shadow)
 }
 
 /// The same demands without limits (counted, never refused).
@@ -902,6 +1214,15 @@ impl Store for RedisStore {
                 None => {} // Redis did not answer: fall back below
             }
         }
+        self.admit_unshared(now, demands, count_cps)
+    }
+
+    fn admit_unshared(
+        &self,
+        now: Instant,
+        demands: &[Demand],
+        count_cps: bool,
+    ) -> Result<Reservation, Rejection> {
         match self.settings.on_failure {
             OnFailure::Local => self.local.admit(now, &divided(demands, self.settings.nodes), count_cps),
             OnFailure::Reject => Err(Rejection {

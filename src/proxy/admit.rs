@@ -261,8 +261,12 @@ impl Proxy {
             Remote::Admitted(i, r) => Ok((i, r)),
             Remote::Rejected(r) => Err(r),
             Remote::Unavailable => {
+                // Decided by `on_failure`, here: the shared store had its chance.
                 let Some(p) = self.txs.get(&id).and_then(|t| t.pending.as_ref()) else { return };
-                self.try_admit(now, &p.plan, p.count_cps)
+                let (limiter, count_cps) = (&*self.limiter, p.count_cps);
+                super::waitroom::try_admit_by(&self.backoff, now, &p.plan, |d| {
+                    limiter.admit_unshared(now, d, count_cps)
+                })
             }
         };
         match outcome {

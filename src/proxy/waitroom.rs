@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::transaction::TxId;
 use crate::limit::plan::CallPlan;
 use crate::limit::queue::{SpikeQueue, Waiting};
-use crate::limit::{LimitKey, Refusal, Rejection, Reservation, Store};
+use crate::limit::{Demand, LimitKey, Refusal, Rejection, Reservation, Store};
 use crate::stats::Stats;
 
 /// How often the waiting room is offered to the limiter when no limit can say when it opens
@@ -224,6 +224,16 @@ pub(crate) fn try_admit(
     plan: &CallPlan,
     count_cps: bool,
 ) -> Result<(usize, Reservation), Rejection> {
+    try_admit_by(backoff, now, plan, |demands| limiter.admit(now, demands, count_cps))
+}
+
+/// As [`try_admit`], each candidate admitted by `admit`.
+pub(crate) fn try_admit_by(
+    backoff: &Backoff,
+    now: Instant,
+    plan: &CallPlan,
+    admit: impl Fn(&[Demand]) -> Result<Reservation, Rejection>,
+) -> Result<(usize, Reservation), Rejection> {
     let mut demands = Vec::with_capacity(plan.common.len() + 2);
     demands.extend(plan.common.iter().cloned());
     let common = demands.len();
@@ -236,7 +246,7 @@ pub(crate) fn try_admit(
         }
         demands.truncate(common);
         demands.extend(candidate.demands.iter().cloned());
-        match limiter.admit(now, &demands, count_cps) {
+        match admit(&demands) {
             Ok(reservation) => return Ok((i, reservation)),
             Err(r) if r.key.scope.is_egress() => refusal = Some(r),
             Err(r) => return Err(r),
