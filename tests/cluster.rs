@@ -77,6 +77,23 @@ impl Redis {
         }
     }
 
+    /// Settings for a store a test drives directly (`on_failure = "reject"`, one node).
+    fn direct_settings(
+        &self,
+        node: &str,
+        timeout_ms: u64,
+        heartbeat_ms: u64,
+    ) -> sluice::limit::redis::RedisSettings {
+        sluice::limit::redis::RedisSettings {
+            url: self.url(),
+            node: node.into(),
+            on_failure: sluice::config::OnFailure::Reject,
+            nodes: 1,
+            timeout: Duration::from_millis(timeout_ms),
+            heartbeat: Duration::from_millis(heartbeat_ms),
+        }
+    }
+
     /// As [`Redis::settle_channels_within`], for tests without a runtime.
     fn settle_channels_within_blocking(&self, expected: i64, wait: Duration) -> i64 {
         let deadline = Instant::now() + wait;
@@ -740,20 +757,12 @@ async fn a_sentinel_failover_is_followed() {
 fn the_shared_window_is_exact_and_forgets_what_left_its_second() {
     use std::sync::Arc;
 
-    use sluice::config::OnFailure;
     use sluice::limit::memory::MemoryStore;
-    use sluice::limit::redis::{RedisSettings, RedisStore};
+    use sluice::limit::redis::RedisStore;
     use sluice::limit::{Demand, KeyName, LimitKey, Refusal, Scope, Store};
 
     let Some(redis) = Redis::start(free_port()) else { return };
-    let settings = RedisSettings {
-        url: redis.url(),
-        node: "window".into(),
-        on_failure: OnFailure::Reject,
-        nodes: 1,
-        timeout: Duration::from_secs(2),
-        heartbeat: Duration::from_secs(10),
-    };
+    let settings = redis.direct_settings("window", 2000, 10000);
     let now = tokio::time::Instant::now;
     let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
     let key = |name: &str| LimitKey { scope: Scope::Customer, name: KeyName::Text(Arc::from(name)) };
@@ -807,20 +816,12 @@ fn the_shared_window_is_exact_and_forgets_what_left_its_second() {
 fn a_restarted_node_meets_none_of_the_ids_its_last_run_abandoned() {
     use std::sync::Arc;
 
-    use sluice::config::OnFailure;
     use sluice::limit::memory::MemoryStore;
-    use sluice::limit::redis::{RedisSettings, RedisStore};
+    use sluice::limit::redis::RedisStore;
     use sluice::limit::{Demand, LimitKey, Store};
 
     let Some(redis) = Redis::start(free_port()) else { return };
-    let settings = RedisSettings {
-        url: redis.url(),
-        node: "restart".into(),
-        on_failure: OnFailure::Reject,
-        nodes: 1,
-        timeout: Duration::from_secs(2),
-        heartbeat: Duration::from_secs(10),
-    };
+    let settings = redis.direct_settings("restart", 2000, 10000);
     let now = tokio::time::Instant::now;
     let demand = [Demand { key: LimitKey::server(), channels: Some(10), ..Demand::default() }];
     let records = || redis.query::<Vec<String>>(&["HKEYS", "sluice:node:restart:held"]).unwrap_or_default();
@@ -857,20 +858,12 @@ fn a_restarted_node_meets_none_of_the_ids_its_last_run_abandoned() {
 fn anti_entropy_keeps_every_live_call_of_a_busy_node() {
     use std::sync::Arc;
 
-    use sluice::config::OnFailure;
     use sluice::limit::memory::MemoryStore;
-    use sluice::limit::redis::{RedisSettings, RedisStore};
+    use sluice::limit::redis::RedisStore;
     use sluice::limit::{Demand, LimitKey, Store};
 
     let Some(redis) = Redis::start(free_port()) else { return };
-    let settings = RedisSettings {
-        url: redis.url(),
-        node: "busy".into(),
-        on_failure: OnFailure::Reject,
-        nodes: 1,
-        timeout: Duration::from_secs(2),
-        heartbeat: Duration::from_millis(100),
-    };
+    let settings = redis.direct_settings("busy", 2000, 100);
     let now = tokio::time::Instant::now;
     let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
     let demand = [Demand { key: LimitKey::server(), channels: Some(10_000), ..Demand::default() }];
@@ -897,20 +890,12 @@ fn anti_entropy_keeps_every_live_call_of_a_busy_node() {
 async fn a_batch_of_admissions_decides_as_if_one_at_a_time() {
     use std::sync::Arc;
 
-    use sluice::config::OnFailure;
     use sluice::limit::memory::MemoryStore;
-    use sluice::limit::redis::{RedisSettings, RedisStore, Remote};
+    use sluice::limit::redis::{RedisStore, Remote};
     use sluice::limit::{Demand, KeyName, LimitKey, Refusal, Scope, Store};
 
     let Some(redis) = Redis::start(free_port()) else { return };
-    let settings = RedisSettings {
-        url: redis.url(),
-        node: "batch".into(),
-        on_failure: OnFailure::Reject,
-        nodes: 1,
-        timeout: Duration::from_secs(2),
-        heartbeat: Duration::from_secs(10),
-    };
+    let settings = redis.direct_settings("batch", 2000, 10000);
     let now = tokio::time::Instant::now;
     let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
     let key = |scope, name: &str| LimitKey { scope, name: KeyName::Text(Arc::from(name)) };
@@ -993,10 +978,9 @@ async fn a_batch_of_admissions_decides_as_if_one_at_a_time() {
 fn an_upgraded_node_releases_what_its_previous_version_left() {
     use std::sync::Arc;
 
-    use sluice::config::OnFailure;
     use sluice::limit::Store;
     use sluice::limit::memory::MemoryStore;
-    use sluice::limit::redis::{RedisSettings, RedisStore};
+    use sluice::limit::redis::RedisStore;
 
     let Some(redis) = Redis::start(free_port()) else { return };
     for id in ["old:1", "old:2"] {
@@ -1005,14 +989,7 @@ fn an_upgraded_node_releases_what_its_previous_version_left() {
         let _: Option<i64> = redis.query(&["INCR", "sluice:c:server"]);
     }
     assert_eq!(redis.server_channels(), 2);
-    let settings = RedisSettings {
-        url: redis.url(),
-        node: "old".into(),
-        on_failure: OnFailure::Reject,
-        nodes: 1,
-        timeout: Duration::from_secs(2),
-        heartbeat: Duration::from_secs(10),
-    };
+    let settings = redis.direct_settings("old", 2000, 10000);
     let store =
         RedisStore::new(settings, Arc::new(MemoryStore::new(tokio::time::Instant::now()))).expect("store");
     assert!(store.healthy());
@@ -1028,20 +1005,12 @@ fn an_upgraded_node_releases_what_its_previous_version_left() {
 async fn one_late_answer_is_not_an_outage_but_a_slow_redis_is() {
     use std::sync::Arc;
 
-    use sluice::config::OnFailure;
     use sluice::limit::memory::MemoryStore;
-    use sluice::limit::redis::{RedisSettings, RedisStore, Remote};
+    use sluice::limit::redis::{RedisStore, Remote};
     use sluice::limit::{Demand, LimitKey, Store};
 
     let Some(redis) = Redis::start(free_port()) else { return };
-    let settings = RedisSettings {
-        url: redis.url(),
-        node: "late".into(),
-        on_failure: OnFailure::Reject,
-        nodes: 1,
-        timeout: Duration::from_millis(300),
-        heartbeat: Duration::from_secs(10),
-    };
+    let settings = redis.direct_settings("late", 300, 10000);
     let now = tokio::time::Instant::now;
     let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
     let demand = || vec![vec![Demand { key: LimitKey::server(), channels: Some(100), ..Demand::default() }]];
