@@ -414,9 +414,10 @@ pub struct RedisStore {
     /// count them as free already, so a call arriving just after another ended is not
     /// refused because the release is still on its way.
     releasing: Mutex<HashMap<LimitKey, i64>>,
-    /// This node's reservations in Redis that are still held (id -> channel keys), re-asserted
+    /// This node's reservations in Redis that are still held (id -> its record: its channel
+    /// keys, one per line, as Redis keeps it), re-asserted
     /// every heartbeat so Redis's counts converge to the truth after any fault.
-    held: Mutex<HashMap<String, Vec<String>>>,
+    held: Mutex<HashMap<String, String>>,
     /// Reservation numbers whose admission has not been answered yet: an anti-entropy round
     /// leaves these (and younger ones) alone.
     in_flight: Mutex<std::collections::BTreeSet<u64>>,
@@ -662,15 +663,16 @@ impl RedisStore {
             let in_flight = self.in_flight.lock();
             in_flight.first().map_or_else(|| self.seq.load(Ordering::Relaxed), |oldest| oldest - 1)
         };
-        let held: Vec<(String, Vec<String>)> =
-            self.held.lock().iter().map(|(id, keys)| (id.clone(), keys.clone())).collect();
+        let held: Vec<(String, String)> =
+            self.held.lock().iter().map(|(id, record)| (id.clone(), record.clone())).collect();
         let held_key = node_held_key(&self.settings.node);
         let mut made = 0i64;
         for chunk in held.chunks(ASSERT_BATCH) {
             let mut call = self.assert.key(&held_key);
-            for (id, keys) in chunk {
-                call.arg(id).arg(keys.len());
-                for k in keys {
+            for (id, record) in chunk {
+                let keys = || record.split('\n').filter(|k| !k.is_empty());
+                call.arg(id).arg(keys().count());
+                for k in keys() {
                     call.arg(k);
                 }
             }
@@ -707,9 +709,8 @@ impl RedisStore {
     }
 
     /// Remembers a reservation Redis granted, for the anti-entropy rounds.
-    fn hold(&self, id: &str, demands: &[Demand]) {
-        let keys = demands.iter().map(|d| channels_key(&d.key)).collect();
-        self.held.lock().insert(id.to_string(), keys);
+    fn hold(&self, id: &str, record: String) {
+        self.held.lock().insert(id.to_string(), record);
     }
 
     /// Releases (and abandoned admissions) Redis has not applied yet, in channels credited
@@ -820,16 +821,11 @@ impl RedisStore {
                     .arg(u8::from(d.paced) + 2 * u8::from(d.shadow));
             }
         }
-        let mut record = String::new();
         for ask in batch {
-            record.clear();
-            for (i, d) in ask.demands.iter().enumerate() {
-                if i > 0 {
-                    record.push('\n');
-                }
-                record.push_str(&channels_key(&d.key));
-            }
-            call.arg(ask.id).arg(if ask.count_cps { "1" } else { "0" }).arg(&record).arg(ask.demands.len());
+            call.arg(ask.id)
+                .arg(if ask.count_cps { "1" } else { "0" })
+                .arg(ask.record)
+                .arg(ask.demands.len());
             for d in ask.demands {
                 call.arg(index.get(&d.key).copied().unwrap_or(0));
             }
@@ -842,12 +838,13 @@ impl RedisStore {
     fn admit_shared(
         &self,
         demands: &[Demand],
+        record: &str,
         count_cps: bool,
         id: &str,
     ) -> Option<Result<Vec<Rejection>, Rejection>> {
         let mut guard = self.conn.lock();
         let conn = guard.as_mut()?;
-        let ask = [Ask { id, demands, count_cps }];
+        let ask = [Ask { id, demands, record, count_cps }];
         match self.admit_invocation(&ask).0.invoke::<Vec<i64>>(conn) {
             // None: abandoned earlier under this id (cannot happen for a fresh id)
             Ok(reply) => verdict(demands, &reply).and_then(|(v, _)| v),
@@ -920,6 +917,8 @@ pub enum Remote {
 struct Ask<'a> {
     id: &'a str,
     demands: &'a [Demand],
+    /// What Redis keeps for the reservation (see [`record`]).
+    record: &'a str,
     count_cps: bool,
 }
 
@@ -940,13 +939,14 @@ enum Failure {
 /// `on_failure` on its own; falling back for every call takes a Redis that stays slow.
 const SLOW_BATCHES_DOWN: u32 = 3;
 
-/// An admission waiting for the batcher, with where its answer goes (its demands come back
-/// with it, for the mirror).
+/// An admission waiting for the batcher, with where its answer goes (it comes back with the
+/// answer, for the mirror).
 struct Queued {
     id: String,
     demands: Vec<Demand>,
+    record: String,
     count_cps: bool,
-    answer: tokio::sync::oneshot::Sender<(Vec<Demand>, Answer)>,
+    answer: tokio::sync::oneshot::Sender<(Vec<Demand>, String, Answer)>,
 }
 
 impl RedisStore {
@@ -967,24 +967,24 @@ impl RedisStore {
             let flight = self.take_off();
             let id = flight.id(&self.settings.node);
             let (answer, answered) = tokio::sync::oneshot::channel();
-            let queued = Queued { id: id.clone(), demands, count_cps, answer };
+            let queued = Queued { id: id.clone(), record: record(&demands), demands, count_cps, answer };
             if self.batcher().try_send(queued).is_err() {
                 // Thousands already wait for Redis: it is far behind.
                 return self.unavailable("admission queue full");
             }
             match tokio::time::timeout(self.settings.timeout, answered).await {
-                Ok(Ok((demands, Ok(Some(Ok(would_reject)))))) => {
-                    return match self.mirror(now, &demands, count_cps, id, would_reject) {
+                Ok(Ok((demands, record, Ok(Some(Ok(would_reject)))))) => {
+                    return match self.mirror(now, &demands, record, count_cps, id, would_reject) {
                         Ok(mirror) => Remote::Admitted(i, mirror),
                         Err(r) => Remote::Rejected(r),
                     };
                 }
-                Ok(Ok((_, Ok(Some(Err(r)))))) if r.key.scope.is_egress() => refusal = Some(r),
-                Ok(Ok((_, Ok(Some(Err(r)))))) => return Remote::Rejected(r),
-                Ok(Ok((_, Ok(None)))) => return self.unavailable("admission id abandoned"),
+                Ok(Ok((_, _, Ok(Some(Err(r)))))) if r.key.scope.is_egress() => refusal = Some(r),
+                Ok(Ok((_, _, Ok(Some(Err(r)))))) => return Remote::Rejected(r),
+                Ok(Ok((_, _, Ok(None)))) => return self.unavailable("admission id abandoned"),
                 // The batcher judges whether Redis is down; this call is decided without it.
                 // So is one that waited longer than `timeout` (queued behind a slow batch).
-                Ok(Ok((_, Err(_)))) | Ok(Err(_)) | Err(_) => {
+                Ok(Ok((_, _, Err(_)))) | Ok(Err(_)) | Err(_) => {
                     self.abandon(id);
                     self.unanswered.fetch_add(1, Ordering::Relaxed);
                     return Remote::Unavailable;
@@ -1038,7 +1038,7 @@ impl RedisStore {
             }
             let answers = self.admit_batch(&batch).await;
             for (q, answer) in batch.drain(..answers.len()).zip(answers) {
-                let _ = q.answer.send((q.demands, answer));
+                let _ = q.answer.send((q.demands, q.record, answer));
             }
         }
     }
@@ -1046,8 +1046,10 @@ impl RedisStore {
     /// The first calls of a batch through the admission script (as many as one script can
     /// hold, at least one): one answer per call, in order.
     async fn admit_batch(&self, batch: &[Queued]) -> Vec<Answer> {
-        let asks: Vec<Ask<'_>> =
-            batch.iter().map(|q| Ask { id: &q.id, demands: &q.demands, count_cps: q.count_cps }).collect();
+        let asks: Vec<Ask<'_>> = batch
+            .iter()
+            .map(|q| Ask { id: &q.id, demands: &q.demands, record: &q.record, count_cps: q.count_cps })
+            .collect();
         let (call, taken) = self.admit_invocation(&asks);
         let batch = &batch[..taken];
         let failed = |why: Failure| {
@@ -1129,13 +1131,14 @@ impl RedisStore {
         &self,
         now: Instant,
         demands: &[Demand],
+        record: String,
         count_cps: bool,
         id: String,
         would_reject: Vec<Rejection>,
     ) -> Result<Reservation, Rejection> {
         match self.local.admit(now, &unlimited(demands), count_cps) {
             Ok(mut mirror) => {
-                self.hold(&id, demands);
+                self.hold(&id, record);
                 mirror.set_token(id);
                 mirror.set_would_reject(would_reject);
                 Ok(mirror)
@@ -1184,6 +1187,19 @@ fn verdict(demands: &[Demand], reply: &[i64]) -> Option<(Verdict, usize)> {
     }
 }
 
+/// What Redis keeps for a reservation of `demands`: their channel keys, one per line (the
+/// release, the sweep and anti-entropy give back what it lists).
+fn record(demands: &[Demand]) -> String {
+    let mut record = String::new();
+    for (i, d) in demands.iter().enumerate() {
+        if i > 0 {
+            record.push('\n');
+        }
+        record.push_str(&channels_key(&d.key));
+    }
+    record
+}
+
 /// Whether two demands of one key ask for the same limits (they go to the script once).
 fn same_limits(a: &Demand, b: &Demand) -> bool {
     (a.cps, a.channels, a.cpm, a.paced, a.shadow) == (b.cps, b.channels, b.cpm, b.paced, b.shadow)
@@ -1208,8 +1224,11 @@ impl Store for RedisStore {
         if self.up.load(Ordering::Relaxed) {
             let flight = self.take_off();
             let id = flight.id(&self.settings.node);
-            match self.admit_shared(demands, count_cps, &id) {
-                Some(Ok(would_reject)) => return self.mirror(now, demands, count_cps, id, would_reject),
+            let record = record(demands);
+            match self.admit_shared(demands, &record, count_cps, &id) {
+                Some(Ok(would_reject)) => {
+                    return self.mirror(now, demands, record, count_cps, id, would_reject);
+                }
                 Some(Err(rejection)) => return Err(rejection),
                 None => {} // Redis did not answer: fall back below
             }
