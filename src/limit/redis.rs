@@ -3,7 +3,7 @@
 //! One admission is one round trip, made off the SIP path: the core parks the INVITE and the
 //! transport runs [`RedisStore::admit_async`] on one multiplexed connection shared by every
 //! call in flight. The Lua script (EVALSHA) reads Redis's own clock, checks
-//! every demand's sliding window (a sorted set of admission times over the last second) and
+//! every demand's sliding window (a list of runs of admission times over the last second) and
 //! channel counter, and reserves all or nothing. Each reservation is recorded under its id
 //! and in its node's set, so a release is idempotent (the record is deleted once) and a dead
 //! node's calls are released by the survivors once its heartbeat key expires.
@@ -53,12 +53,15 @@ const PREFIX: &str = "sluice:";
 /// customer, a carrier) is read and written once per batch, not once per call, and its
 /// limits are sent once; per call the script only walks its key numbers:
 /// - a channel count is read once and written with one INCRBY;
-/// - a window's ZCARD, stale admissions included, is an upper bound: only when it reaches
-///   the limit is the window trimmed and counted again (exact near the limit), and it is
-///   trimmed each time its count passes a multiple of 32, so it holds at most one span's
-///   admissions and 32; its new members (the call ids) go in with one ZADD and one PEXPIRE;
+/// - a window is a list of runs, `time count total`: `count` admissions at `time` (Redis's
+///   clock in µs; every admission of one script shares its instant), `total` the window's
+///   admissions up to and including that run. Runs that left the span are popped from the
+///   head; the count in the window is then `total` of the tail minus `total` of the head
+///   plus the head's `count`: exact, from two reads, whatever the limit. A batch appends one
+///   run per window, so a window holds at most one run per script in its span, not one
+///   entry per admission;
 /// - the batch's records go in with one HSET; times go as strings (a Lua number would be
-///   formatted with %.17g).
+///   formatted with %.14g).
 const ADMIT: &str = r#"
 local K, B = tonumber(ARGV[1]), tonumber(ARGV[2])
 local marks = 1 + 3 * K
@@ -71,8 +74,6 @@ local now_s = t[1] .. string.sub('00000' .. t[2], -6)
 local now = tonumber(now_s)
 local credit, cps, ch, cpm, paced, shadow = {}, {}, {}, {}, {}, {}
 local used, taken = {}, {}
--- per window slot: 2j-1 = key j's second, 2j = its minute
-local card, added, trimmed, latest, members = {}, {}, {}, {}, {}
 for j = 1, K do
   local a = 3 + 5 * (j - 1)
   credit[j], cps[j], ch[j], cpm[j] = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
@@ -80,30 +81,43 @@ for j = 1, K do
   paced[j], shadow[j] = flags % 2 == 1, flags >= 2
   taken[j] = 0
 end
+-- per window slot: 2j-1 = key j's second, 2j = its minute
+local inside, total, latest, added = {}, {}, {}, {}
 local function wkey(s) if s % 2 == 1 then return KEYS[s + (s + 1) / 2] end return KEYS[s + s / 2 + 1] end
-local function trim(s)
-  local span = (s % 2 == 1) and 1000000 or 60000000
-  redis.call('ZREMRANGEBYSCORE', wkey(s), '-inf', string.format('%d', now - span))
-  trimmed[s] = true
+local function run(e)
+  local a, b, c = string.match(e or '', '^(%d+) (%d+) (%d+)$')
+  return tonumber(a), tonumber(b), tonumber(c)
 end
+-- Loads a window once per script: drops the runs that left its span, counts the rest.
 local function seen(s)
-  if not card[s] then card[s] = redis.call('ZCARD', wkey(s)); added[s] = 0 end
-end
--- The window's count with this batch's admissions, exact when it reaches `limit`.
-local function count(s, limit)
-  seen(s)
-  if card[s] + added[s] >= limit and not trimmed[s] then
-    trim(s)
-    card[s] = redis.call('ZCARD', wkey(s))
+  if inside[s] then return end
+  local k, span = wkey(s), (s % 2 == 1) and 1000000 or 60000000
+  inside[s], total[s], latest[s], added[s] = 0, 0, false, 0
+  local head = redis.call('LINDEX', k, 0)
+  while head do
+    local ht, hn, hc = run(head)
+    if ht and ht > now - span then
+      local lt, _, lc = run(redis.call('LINDEX', k, -1))
+      if not lt then
+        -- not a run sluice wrote: start the window afresh
+        redis.call('DEL', k)
+        return
+      end
+      inside[s], total[s], latest[s] = lc - hc + hn, lc, lt
+      return
+    end
+    redis.call('LPOP', k)
+    head = redis.call('LINDEX', k, 0)
   end
-  return card[s] + added[s]
+end
+-- The window's count with this batch's admissions.
+local function count(s)
+  seen(s)
+  return inside[s] + added[s]
 end
 local function last(s)
+  seen(s)
   if added[s] > 0 then return now end
-  if latest[s] == nil then
-    local l = redis.call('ZRANGE', wkey(s), -1, -1, 'WITHSCORES')
-    latest[s] = l[2] and tonumber(l[2]) or false
-  end
   return latest[s]
 end
 local reply, records, took = {}, {}, {}
@@ -123,14 +137,14 @@ for b = 1, B do
       local k = 0
       if ch[j] >= 0 and used[j] + taken[j] - credit[j] >= ch[j] then k = 2 end
       if k == 0 and counted and cps[j] >= 0 then
-        if count(2 * j - 1, cps[j]) >= cps[j] then
+        if count(2 * j - 1) >= cps[j] then
           k = 1
         elseif paced[j] and cps[j] > 0 then
           local l = last(2 * j - 1)
           if l and now - l < math.ceil(1000000 / cps[j]) then k = 1 end
         end
       end
-      if k == 0 and counted and cpm[j] >= 0 and count(2 * j, cpm[j]) >= cpm[j] then k = 3 end
+      if k == 0 and counted and cpm[j] >= 0 and count(2 * j) >= cpm[j] then k = 3 end
       if k ~= 0 and not shadow[j] then refused, kind = i, k; break end
       if k ~= 0 then
         hits = hits + 1
@@ -142,24 +156,13 @@ for b = 1, B do
       if counted and cps[j] >= 0 then seen(2 * j - 1); added[2 * j - 1] = added[2 * j - 1] + 1 end
       if counted and cpm[j] >= 0 then seen(2 * j); added[2 * j] = added[2 * j] + 1 end
     end
-    for q = 1, m do
-      local j = took[q]
-      if refused > 0 then
+    if refused > 0 then
+      for q = 1, m do
+        local j = took[q]
         taken[j] = taken[j] - 1
         if counted and cps[j] >= 0 then added[2 * j - 1] = added[2 * j - 1] - 1 end
         if counted and cpm[j] >= 0 then added[2 * j] = added[2 * j] - 1 end
-      else
-        for s = 2 * j - 1, 2 * j do
-          if counted and ((s % 2 == 1 and cps[j] >= 0) or (s % 2 == 0 and cpm[j] >= 0)) then
-            local list = members[s]
-            if not list then list = {}; members[s] = list end
-            list[#list + 1] = now_s
-            list[#list + 1] = id
-          end
-        end
       end
-    end
-    if refused > 0 then
       reply[#reply + 1] = refused
       reply[#reply + 1] = kind
     else
@@ -174,17 +177,12 @@ end
 for j = 1, K do
   if taken[j] > 0 then redis.call('INCRBY', KEYS[3 * j], taken[j]) end
 end
-for s, list in pairs(members) do
-  local k, j = wkey(s), math.floor((s + 1) / 2)
-  redis.call('ZADD', k, unpack(list))
-  if shadow[j] then
-    -- Over a shadow limit the window keeps only the admissions that can matter.
-    local limit = (s % 2 == 1) and cps[j] or cpm[j]
-    redis.call('ZREMRANGEBYRANK', k, 0, string.format('%d', -(limit + 1)))
-  elseif not trimmed[s] and math.floor(card[s] / 32) < math.floor((card[s] + added[s]) / 32) then
-    trim(s)
+for s, n in pairs(added) do
+  if n > 0 then
+    local k = wkey(s)
+    redis.call('RPUSH', k, now_s .. ' ' .. string.format('%d %d', n, total[s] + n))
+    redis.call('PEXPIRE', k, (s % 2 == 1) and '2000' or '61000')
   end
-  redis.call('PEXPIRE', k, (s % 2 == 1) and '2000' or '61000')
 end
 if #records > 0 then redis.call('HSET', KEYS[1], unpack(records)) end
 return reply
@@ -323,17 +321,32 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// Releases sent in one script at most.
 const RELEASE_BATCH: usize = 256;
 
+/// How long the release worker gathers releases after the first before it sends them. A
+/// release's channels are credited to this node's admissions until Redis applies it, so
+/// only other nodes see it this much later; in exchange Redis runs one script, and
+/// decrements each shared key once, for every release of the span instead of for each.
+const RELEASE_LINGER: Duration = Duration::from_millis(5);
+
+/// How long the batcher gathers admissions after the first of a batch before it sends
+/// them (unless the batch fills first). Redis's CPU is the cluster's ceiling, and most of
+/// a script's work is per key, not per call: at a few thousand calls/s one script per call
+/// would read and write every shared key once per call. A new call waits this much longer
+/// for its answer; SIP's setup times are counted in hundreds of milliseconds.
+const ADMIT_LINGER: Duration = Duration::from_millis(1);
+
 /// Live calls re-asserted per script call (bounds one call's size and Redis's pause).
 const ASSERT_BATCH: usize = 500;
 
+/// A key's one-second window (a list of runs; the sorted set of before was `w:`).
 fn window_key(key: &LimitKey) -> String {
-    format!("{PREFIX}w:{key}")
+    format!("{PREFIX}cps:{key}")
 }
 fn channels_key(key: &LimitKey) -> String {
     format!("{PREFIX}c:{key}")
 }
+/// A key's one-minute window (a list of runs; the sorted set of before was `m:`).
 fn minute_key(key: &LimitKey) -> String {
-    format!("{PREFIX}m:{key}")
+    format!("{PREFIX}cpm:{key}")
 }
 /// Marks an admission this node gave up on: if it reaches Redis later, it reserves nothing.
 fn abandoned_key(id: &str) -> String {
@@ -506,7 +519,11 @@ impl RedisStore {
             while let Ok(first) = rx.recv() {
                 // Whatever else is queued goes in the same script, so releases keep up with
                 // admissions and a key shared by many calls is written once.
+                // Releases are credited locally until applied, so they can wait a little to
+                // share a script (see RELEASE_LINGER).
+                // Asleep, not waiting on the channel: a sender wakes only a waiting thread.
                 let mut batch = vec![first];
+                std::thread::sleep(RELEASE_LINGER);
                 while batch.len() < RELEASE_BATCH {
                     match rx.try_recv() {
                         Ok(r) => batch.push(r),
@@ -1022,13 +1039,15 @@ impl RedisStore {
                 if queue.recv_many(&mut batch, ADMIT_BATCH).await == 0 {
                     return;
                 }
-            } else {
-                // Calls left from the last script (other limits for a key) go first.
-                while batch.len() < ADMIT_BATCH {
-                    match queue.try_recv() {
-                        Ok(q) => batch.push(q),
-                        Err(_) => break,
-                    }
+                if batch.len() < ADMIT_BATCH {
+                    tokio::time::sleep(ADMIT_LINGER).await;
+                }
+            }
+            // Calls left from the last script (other limits for a key) go first.
+            while batch.len() < ADMIT_BATCH {
+                match queue.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
                 }
             }
             // A caller that stopped waiting has abandoned its id already: not sent.
