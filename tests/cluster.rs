@@ -651,9 +651,23 @@ async fn counts_converge_after_redis_loses_or_keeps_stale_state() {
     node.stop().await;
 }
 
+/// A Sentinel process and the temp dir of its config; both go when this drops.
+struct Sentinel {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A redis-server in Sentinel mode watching `primary` as service "edge" (quorum 1, down
 /// after 400 ms), on `port`, with its config file (Sentinel rewrites it) in a temp dir.
-fn start_sentinel(port: u16, primary: u16) -> Child {
+fn start_sentinel(port: u16, primary: u16) -> Sentinel {
     let dir = std::env::temp_dir().join(format!("sluice-sentinel-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("sentinel.conf");
@@ -665,13 +679,14 @@ fn start_sentinel(port: u16, primary: u16) -> Child {
         ),
     )
     .unwrap();
-    Command::new("redis-server")
+    let child = Command::new("redis-server")
         .arg(&conf)
         .arg("--sentinel")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("redis-server --sentinel")
+        .expect("redis-server --sentinel");
+    Sentinel { child, dir }
 }
 
 /// The port Sentinel names as the primary of "edge", if it answers.
@@ -693,7 +708,7 @@ async fn a_sentinel_failover_is_followed() {
     let (pp, rp, sp) = (free_port(), free_port(), free_port());
     let Some(mut primary) = Redis::start(pp) else { return };
     let replica = Redis::start_with(rp, &["--replicaof", "127.0.0.1", &pp.to_string()]).expect("replica");
-    let mut sentinel = start_sentinel(sp, pp);
+    let sentinel = start_sentinel(sp, pp);
     let deadline = Instant::now() + Duration::from_secs(10);
     while sentinel_primary(sp) != Some(pp) {
         assert!(Instant::now() < deadline, "sentinel never named the primary");
@@ -753,8 +768,7 @@ async fn a_sentinel_failover_is_followed() {
         "released on the new primary"
     );
     node.stop().await;
-    let _ = sentinel.kill();
-    let _ = sentinel.wait();
+    drop(sentinel);
 }
 
 /// A shared window is a list of runs (one per script), counted from its two ends after the
