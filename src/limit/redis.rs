@@ -517,11 +517,9 @@ impl RedisStore {
         let spawned = std::thread::Builder::new().name("sluice-release".into()).spawn(move || {
             let mut conn: Option<redis::Connection> = None;
             while let Ok(first) = rx.recv() {
-                // Whatever else is queued goes in the same script, so releases keep up with
-                // admissions and a key shared by many calls is written once.
-                // Releases are credited locally until applied, so they can wait a little to
-                // share a script (see RELEASE_LINGER).
-                // Asleep, not waiting on the channel: a sender wakes only a waiting thread.
+                // What queues within RELEASE_LINGER goes in the same script, so releases keep
+                // up with admissions and a key shared by many calls is written once. The
+                // worker sleeps rather than waits on the channel: each send would wake it.
                 let mut batch = vec![first];
                 std::thread::sleep(RELEASE_LINGER);
                 while batch.len() < RELEASE_BATCH {
