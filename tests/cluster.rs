@@ -21,6 +21,31 @@ impl Redis {
     }
 
     fn start_with(port: u16, extra: &[&str]) -> Option<Self> {
+        match Self::try_start(port, extra) {
+            Ok(redis) => redis,
+            Err(why) => panic!("redis-server did not start on port {port}: {why}"),
+        }
+    }
+
+    /// A redis-server on a port no other test holds: a port found free can be taken by a
+    /// parallel test before this one binds it, so a start that fails (or meets another
+    /// test's server there) is tried again on another port.
+    fn start_any() -> Option<Self> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_or(0, |a| a.port());
+            match Self::try_start(port, &[]) {
+                Ok(redis) => return redis,
+                Err(why) => last = why,
+            }
+        }
+        panic!("redis-server did not start on any of 5 ports: {last}");
+    }
+
+    /// `Ok(None)`: redis-server is not installed (and CI is not set).
+    fn try_start(port: u16, extra: &[&str]) -> Result<Option<Self>, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
             .args(["--enable-debug-command", "local"])
@@ -33,17 +58,25 @@ impl Redis {
                 panic!("redis-server is required under CI=true (apt-get install redis-server)");
             }
             eprintln!("notice: redis-server not found; cluster tests skipped (apt-get install redis-server)");
-            return None;
+            return Ok(None);
         };
-        let redis = Self { child, port };
+        let mut redis = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if redis.query::<String>(&["PING"]).is_some() {
-                return Some(redis);
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                return Err(format!("it exited ({status}): the port is taken"));
+            }
+            if let Some(info) = redis.query::<String>(&["INFO", "server"]) {
+                // The server answering must be this one, not another test's on the same port.
+                let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")).map(str::trim);
+                if pid == Some(redis.child.id().to_string().as_str()) {
+                    return Ok(Some(redis));
+                }
+                return Err(format!("another server answers there (pid {pid:?})"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not start on port {port}");
+        Err("no answer within 5 s".into())
     }
 
     fn url(&self) -> String {
@@ -157,7 +190,7 @@ fn node_config(pbx: &str, redis: &str, node: &str, limits: &str, cluster_extra: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_cps_limit() {
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     let seen = spawn_pbx(pbx, Pbx::Busy);
@@ -188,7 +221,7 @@ async fn two_nodes_share_one_cps_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_channel_limit_and_a_dead_node_is_swept() {
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     spawn_pbx(pbx, Pbx::Answer);
@@ -329,7 +362,7 @@ async fn redis_failure_follows_on_failure_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_flows_release_shared_channels_and_count_a_challenged_call_once() {
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let (ring, busy, silent) = (Endpoint::udp().await, Endpoint::udp().await, Endpoint::udp().await);
     let mut auth = Endpoint::udp().await;
     let uris = [ring.uri(), busy.uri(), silent.uri(), auth.uri()];
@@ -462,7 +495,7 @@ async fn status_channels(node: &sluice::server::Running) -> i64 {
 /// both removed, the three ghost reservations stayed for good (3 channels fewer; this test
 /// failed that way before either existed).
 async fn a_hung_redis_leaks_nothing(hang: Hang) {
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     spawn_pbx(pbx, Pbx::Answer);
@@ -541,7 +574,7 @@ async fn a_sleeping_redis_leaks_no_channels() {
 /// claim that it caught a stall there.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_never_stalls_other_calls() {
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let pbx = Endpoint::udp().await;
     let uri = pbx.uri();
     spawn_pbx(pbx, Pbx::Answer);
@@ -785,7 +818,7 @@ fn the_shared_window_is_exact_and_forgets_what_left_its_second() {
     use sluice::limit::redis::RedisStore;
     use sluice::limit::{Demand, KeyName, LimitKey, Refusal, Scope, Store};
 
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let settings = redis.direct_settings("window", 2000, 10000);
     let now = tokio::time::Instant::now;
     let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
@@ -848,7 +881,7 @@ fn a_restarted_node_meets_none_of_the_ids_its_last_run_abandoned() {
     use sluice::limit::redis::RedisStore;
     use sluice::limit::{Demand, LimitKey, Store};
 
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let settings = redis.direct_settings("restart", 2000, 10000);
     let now = tokio::time::Instant::now;
     let demand = [Demand { key: LimitKey::server(), channels: Some(10), ..Demand::default() }];
@@ -890,7 +923,7 @@ fn anti_entropy_keeps_every_live_call_of_a_busy_node() {
     use sluice::limit::redis::RedisStore;
     use sluice::limit::{Demand, LimitKey, Store};
 
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let settings = redis.direct_settings("busy", 2000, 100);
     let now = tokio::time::Instant::now;
     let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
@@ -922,7 +955,7 @@ async fn a_batch_of_admissions_decides_as_if_one_at_a_time() {
     use sluice::limit::redis::{RedisStore, Remote};
     use sluice::limit::{Demand, KeyName, LimitKey, Refusal, Scope, Store};
 
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let settings = redis.direct_settings("batch", 2000, 10000);
     let now = tokio::time::Instant::now;
     let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
@@ -1009,7 +1042,7 @@ fn an_upgraded_node_releases_what_its_previous_version_left() {
     use sluice::limit::memory::MemoryStore;
     use sluice::limit::redis::RedisStore;
 
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     for id in ["old:1", "old:2"] {
         let _: Option<i64> = redis.query(&["SADD", "sluice:node:old:calls", id]);
         let _: Option<String> = redis.query(&["SET", &format!("sluice:r:{id}"), "sluice:c:server"]);
@@ -1036,7 +1069,7 @@ async fn one_late_answer_is_not_an_outage_but_a_slow_redis_is() {
     use sluice::limit::redis::{RedisStore, Remote};
     use sluice::limit::{Demand, LimitKey, Store};
 
-    let Some(redis) = Redis::start(free_port()) else { return };
+    let Some(redis) = Redis::start_any() else { return };
     let settings = redis.direct_settings("late", 300, 10000);
     let now = tokio::time::Instant::now;
     let store = RedisStore::new(settings, Arc::new(MemoryStore::new(now()))).expect("store");
