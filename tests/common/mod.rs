@@ -467,7 +467,9 @@ pub fn cluster_section() -> Option<String> {
         return None;
     }
     let port = PORT.get_or_init(|| {
-        let port = free_port();
+        // Free for TCP, which is what Redis listens on (`free_port` asks UDP).
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port());
         // The server lives as long as this test process: a shell watches our pid.
         let script = format!(
             "redis-server --port {port} --save '' --appendonly no --bind 127.0.0.1 & r=$!; \
